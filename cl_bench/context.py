@@ -1,0 +1,49 @@
+"""What a learner may ask the engine for: run facts, reference data, a place to record."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class RunContext:
+    device: torch.device
+    seed: int
+    setting: str  # "xtail" | "mtil"
+    task_agnostic: bool  # True for X-TAIL (union label space at eval)
+    world: str  # "toy" | "real"
+    num_tasks: int
+    paper_iterations: int  # the setting's paper budget per task (500 for the few-shot settings)
+    full_finetune_lr: float  # the setting's lr for full fine-tuning baselines (world-specific)
+    model_width: int  # transformer width of the vision tower (LoRA ranks scale with it)
+    tokenize: Callable[[list[str]], torch.Tensor]  # the backbone's tokenizer, to device
+    _reference: Callable[[int, int], tuple[torch.Tensor, list[str]]] | None = None
+    derived: dict[str, Any] = field(default_factory=dict)
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    current_task: int = -1
+
+    def reference_data(self, num_images: int, num_captions: int) -> tuple[torch.Tensor, list[str]]:
+        """Reference images (float, normalized, on device) and captions for distillation (ZSCL).
+
+        Supplied by the data world: toy draws from its pre-training distribution; real reads
+        the configured reference folder and caption list.
+        """
+        if self._reference is None:
+            from cl_bench.errors import UserError
+
+            raise UserError(f"the {self.world} world provides no reference data; set --reference-images/--reference-captions")
+        return self._reference(num_images, num_captions)
+
+    def note(self, key: str, value: Any) -> None:
+        """Record a derived value (e.g. the scaled LoRA rank) in the run manifest."""
+        self.derived[key] = value
+
+    def record(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Append rows to `<table>.parquet` beside accuracy.parquet (e.g. "ranks")."""
+        tagged = [{"after_task": self.current_task, **row} for row in rows]
+        self.records.setdefault(table, []).extend(tagged)

@@ -1,0 +1,1 @@
+"""Data worlds (toy, real), dataset descriptions, splits and the decode cache."""

@@ -1,0 +1,1 @@
+"""Backbones (the only code that touches open_clip) and the LoRA-family adapters."""

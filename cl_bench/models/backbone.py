@@ -1,0 +1,32 @@
+"""A CLIP backbone as the engine and learners see it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Backbone:
+    model: nn.Module  # open_clip CLIP: encode_image, encode_text, logit_scale
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    name: str  # e.g. "ViT-B-16" or "toy-clip"
+    pretrained: str  # weights tag, e.g. "openai" or the toy weights hash
+
+    @property
+    def width(self) -> int:
+        """Transformer width of the vision tower (LoRA ranks scale with it)."""
+        return int(self.model.visual.transformer.width)
+
+    def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """[B, H, W, 3] uint8 -> [B, 3, H, W] float, normalized with the model's mean/std."""
+        x = images_uint8.permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std

@@ -1,0 +1,146 @@
+"""Settings (protocols) are versioned data in `tasks/settings/*.toml`; this module reads them.
+
+Unknown or missing keys are errors: in a benchmark a typo must not become a silent default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cl_bench.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+WORLD_KEYS = {"iterations", "few_shot_iterations", "batch_size", "full_finetune_lr", "shots"}
+REQUIRED = {"name", "version", "description", "task_agnostic", "holdout", "shots", "iterations", "batch_size", "split_seed"}
+OPTIONAL = {"datasets", "orders", "few_shot_iterations", "real", "toy"}
+
+
+def tasks_dir() -> Path:
+    """The `tasks/` data directory: $CLBENCH_TASKS_DIR, else the one beside the package."""
+    env = os.environ.get("CLBENCH_TASKS_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parent.parent / "tasks")
+    for path in candidates:
+        if (path / "settings").is_dir():
+            return path
+    raise UserError("cannot find the tasks/ directory; install cl-bench from a checkout (pip install -e .) or set CLBENCH_TASKS_DIR")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: malformed TOML ({exc}); fix the file") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A protocol resolved for one world, order and shot count."""
+
+    name: str
+    version: int
+    description: str
+    task_agnostic: bool
+    datasets: tuple[str, ...]  # the stream, in task order
+    holdout: tuple[str, ...]
+    order: str
+    shots: int | None  # None = all training images
+    iterations: int  # per task, for this world (after --iterations override)
+    paper_iterations: int  # the paper's per-task budget (schedules scale against it)
+    batch_size: int
+    split_seed: int
+    full_finetune_lr: float
+    world: str
+
+    @property
+    def eval_datasets(self) -> tuple[str, ...]:
+        return self.datasets + tuple(h for h in self.holdout if h not in self.datasets)
+
+
+def available_settings() -> list[str]:
+    return sorted(p.stem for p in (tasks_dir() / "settings").glob("*.toml"))
+
+
+def load_setting_file(name: str) -> dict[str, Any]:
+    path = tasks_dir() / "settings" / f"{name}.toml"
+    if not path.is_file():
+        valid = ", ".join(available_settings())
+        raise UserError(f"unknown setting {name!r}; valid settings: {valid}")
+    raw = read_toml(path)
+    missing = REQUIRED - raw.keys()
+    unknown = raw.keys() - REQUIRED - OPTIONAL
+    if missing:
+        raise UserError(f"{path}: missing keys {sorted(missing)}; add them")
+    if unknown:
+        raise UserError(f"{path}: unknown keys {sorted(unknown)}; valid keys are {sorted(REQUIRED | OPTIONAL)}")
+    if ("datasets" in raw) == ("orders" in raw):
+        raise UserError(f"{path}: give exactly one of 'datasets' or '[orders]'")
+    for world in ("real", "toy"):
+        bad = set(raw.get(world, {})) - WORLD_KEYS
+        if bad:
+            raise UserError(f"{path}: unknown keys {sorted(bad)} in [{world}]; valid: {sorted(WORLD_KEYS)}")
+    raw["_path"] = str(path)
+    return raw
+
+
+def resolve_setting(name: str, world: str, order: str | None = None, shots: int | None = None, iterations: int | None = None, batch_size: int | None = None) -> Setting:
+    raw = load_setting_file(name)
+    per_world = raw.get(world, {})
+    if "orders" in raw:
+        orders = raw["orders"]
+        order = order or next(iter(orders))
+        if order not in orders:
+            raise UserError(f"setting {name} has no order {order!r}; valid orders: {', '.join(orders)}")
+        datasets = orders[order]
+    else:
+        if order not in (None, "I"):
+            raise UserError(f"setting {name} has a single order (I); drop --order {order}")
+        order = "I"
+        datasets = raw["datasets"]
+    default_shots = per_world.get("shots", raw["shots"])
+    eff_shots = default_shots if shots is None else shots
+    if eff_shots is not None and eff_shots < 0:
+        raise UserError(f"--shots must be >= 0 (0 = all images), got {eff_shots}")
+    few_shot_variant = shots is not None and shots > 0 and not raw["shots"]
+    if few_shot_variant and "few_shot_iterations" in raw:
+        paper_iters = int(raw["few_shot_iterations"])
+        world_iters = int(per_world.get("few_shot_iterations", per_world.get("iterations", paper_iters)))
+    else:
+        paper_iters = int(raw["iterations"])
+        world_iters = int(per_world.get("iterations", paper_iters))
+    if iterations is not None:
+        if iterations <= 0:
+            raise UserError(f"--iterations must be a positive integer, got {iterations}")
+        world_iters = iterations
+    bs = int(per_world.get("batch_size", raw["batch_size"])) if batch_size is None else batch_size
+    if bs <= 0:
+        raise UserError(f"--batch-size must be a positive integer, got {bs}")
+    if "full_finetune_lr" not in per_world:
+        raise UserError(f"{raw['_path']}: [{world}] needs full_finetune_lr")
+    return Setting(
+        name=raw["name"],
+        version=int(raw["version"]),
+        description=raw["description"],
+        task_agnostic=bool(raw["task_agnostic"]),
+        datasets=tuple(datasets),
+        holdout=tuple(raw["holdout"]),
+        order=order,
+        shots=eff_shots or None,
+        iterations=world_iters,
+        paper_iterations=paper_iters,
+        batch_size=bs,
+        split_seed=int(raw["split_seed"]),
+        full_finetune_lr=float(per_world["full_finetune_lr"]),
+        world=world,
+    )
