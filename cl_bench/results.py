@@ -1,0 +1,154 @@
+"""Results on disk: accuracy.parquet (long format), summary.parquet, manifest.json.
+
+Every write is atomic (temp file in the same directory, fsync, rename), so a crash leaves
+either the old or the new file, never a partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cl_bench.errors import UserError
+from cl_bench.metrics import holdout_transfer, stream_metrics
+
+ACCURACY_FILE = "accuracy.parquet"
+SUMMARY_FILE = "summary.parquet"
+MANIFEST_FILE = "manifest.json"
+
+# Identity columns every row carries, so a table can never mix unlike runs silently.
+RUN_COLUMNS = ["run_id", "setting", "world", "model", "learner", "seed", "order", "shots"]
+ACCURACY_COLUMNS = RUN_COLUMNS + ["after_task", "after_task_name", "eval_dataset", "split", "correct", "total", "accuracy"]
+SUMMARY_COLUMNS = RUN_COLUMNS + ["dataset", "split", "transfer", "average", "last", "holdout_transfer", "gain", "forgetting"]
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp_path), fsync it, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
+    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def write_json(obj: Any, path: Path) -> None:
+    def dump(tmp: Path) -> None:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+    atomic_write(path, dump)
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; is this a run directory?") from None
+    except Exception as exc:
+        raise UserError(f"{path} is corrupt or truncated ({type(exc).__name__}); delete it and resume the run") from None
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / MANIFEST_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; is {run_dir} a run directory?") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is corrupt ({exc.msg}); delete the run directory and run again") from None
+
+
+def accuracy_matrices(acc: pd.DataFrame) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
+    """One run's long rows -> (stream matrix (T+1) x T, stream names, hold-out (T+1) x H, names)."""
+    stream = acc[acc["split"] == "stream"]
+    holdout = acc[acc["split"] == "holdout"]
+    stream_names = list(stream.sort_values("after_task").drop_duplicates("eval_dataset")["eval_dataset"])
+    # Stream datasets are numbered in task order: order them by the task that learns them.
+    task_names = acc.drop_duplicates("after_task").set_index("after_task")["after_task_name"]
+    order = [n for n in task_names.sort_index().tolist() if n in stream_names]
+    stream_names = order + [n for n in stream_names if n not in order]
+    num_tasks = len(stream_names)
+    rows = np.arange(num_tasks + 1)
+
+    def pivot(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
+        table = df.pivot_table(index="after_task", columns="eval_dataset", values="accuracy", aggfunc="first")
+        return table.reindex(index=rows, columns=cols).to_numpy(dtype=np.float64)
+
+    holdout_names = sorted(holdout["eval_dataset"].unique().tolist(), key=lambda n: list(holdout["eval_dataset"]).index(n))
+    return pivot(stream, stream_names), stream_names, pivot(holdout, holdout_names), holdout_names
+
+
+def summarize(acc: pd.DataFrame) -> pd.DataFrame:
+    """Summary rows of one run: per stream dataset, per hold-out dataset, and the means."""
+    ident = {c: acc[c].iloc[0] for c in RUN_COLUMNS}
+    s_mat, s_names, h_mat, h_names = accuracy_matrices(acc)
+    m = stream_metrics(s_mat)
+    nan = float("nan")
+    rows = []
+    for j, name in enumerate(s_names):
+        rows.append({**ident, "dataset": name, "split": "stream", "transfer": m.transfer[j], "average": m.average[j], "last": m.last[j], "holdout_transfer": nan, "gain": s_mat[j + 1, j] - s_mat[0, j], "forgetting": s_mat[j + 1, j] - s_mat[-1, j] if j < len(s_names) - 1 else nan})
+    h_vals = holdout_transfer(h_mat) if h_names else np.array([])
+    for name, value in zip(h_names, h_vals, strict=True):
+        rows.append({**ident, "dataset": name, "split": "holdout", "transfer": nan, "average": nan, "last": nan, "holdout_transfer": float(value), "gain": nan, "forgetting": nan})
+    rows.append({**ident, "dataset": "mean", "split": "mean", "transfer": m.transfer_mean, "average": m.average_mean, "last": m.last_mean, "holdout_transfer": float(np.mean(h_vals)) if h_names else nan, "gain": m.gain, "forgetting": m.forgetting})
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / MANIFEST_FILE).is_file()
+
+
+def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
+    """Run directories at or below each path (a directory holding manifest.json)."""
+    found: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise UserError(f"{p} does not exist; pass run directories or a folder that contains them")
+        if is_run_dir(p):
+            found.append(p)
+        else:
+            found.extend(sorted(m.parent for m in p.rglob(MANIFEST_FILE)))
+    return found
+
+
+def load_runs(paths: Iterable[Path], table: str = ACCURACY_FILE, only_finished: bool = True) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
+    """Concatenate `table` from many run dirs; returns (frame, [(skipped dir, reason)])."""
+    frames, skipped = [], []
+    for run_dir in find_run_dirs(paths):
+        try:
+            manifest = read_manifest(run_dir)
+        except UserError as exc:
+            skipped.append((run_dir, str(exc)))
+            continue
+        status = manifest.get("status")
+        if only_finished and status != "finished":
+            skipped.append((run_dir, f"status is {status!r}, not finished"))
+            continue
+        try:
+            frames.append(read_parquet(run_dir / table))
+        except UserError as exc:
+            skipped.append((run_dir, str(exc)))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return frame, skipped

@@ -1,0 +1,23 @@
+"""Which data world serves a run; worlds are imported lazily, on lookup."""
+
+from __future__ import annotations
+
+import importlib
+
+from cl_bench.config import WORLDS, RunConfig
+from cl_bench.data.world import DataWorld
+from cl_bench.errors import UserError
+
+WORLD_CLASSES = {"toy": "cl_bench.data.toy.world:ToyWorld", "real": "cl_bench.data.real.world:RealWorld"}
+
+
+def get_world(cfg: RunConfig) -> DataWorld:
+    if cfg.world not in WORLD_CLASSES:
+        raise UserError(f"unknown world {cfg.world!r}; valid worlds: {', '.join(WORLDS)}")
+    module, _, attr = WORLD_CLASSES[cfg.world].partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    if cfg.world == "real":
+        return cls(model=cfg.model, pretrained=cfg.pretrained, data_root=cfg.data_root)
+    if cfg.model or cfg.pretrained or cfg.data_root:
+        raise UserError("--model/--pretrained/--data-root apply to --world real only; the toy world ships its own CLIP")
+    return cls()
