@@ -35,13 +35,20 @@ def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
         tensors[key] = obj.detach().cpu().contiguous()
         return {_TENSOR: key}
     if isinstance(obj, dict):
-        return {"__dict__": [[k, _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors)] for k, v in obj.items()]}
+        return {
+            "__dict__": [
+                [k, _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors)]
+                for k, v in obj.items()
+            ]
+        }
     if isinstance(obj, (list, tuple)):
         items = [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
         return {"__tuple__": items} if isinstance(obj, tuple) else items
     if isinstance(obj, (int, float, str, bool)) or obj is None:
         return obj
-    raise UserError(f"learner state at {prefix!r} holds a {type(obj).__name__}; state_dict values must be tensors, numbers, strings, lists or dicts")
+    raise UserError(
+        f"learner state at {prefix!r} holds a {type(obj).__name__}; state_dict values must be tensors, numbers, strings, lists or dicts"
+    )
 
 
 def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -58,7 +65,11 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def rng_state() -> dict[str, str]:
     """Python, numpy, torch (and CUDA) RNG states, pickled to base64 for JSON."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return {k: base64.b64encode(pickle.dumps(v)).decode() for k, v in state.items()}
@@ -74,7 +85,9 @@ def set_rng_state(state: dict[str, str]) -> None:
         torch.cuda.set_rng_state_all(restored["cuda"])
 
 
-def save_checkpoint(run_dir: Path, learner_state: dict[str, Any], completed_tasks: int, config_hash: str) -> None:
+def save_checkpoint(
+    run_dir: Path, learner_state: dict[str, Any], completed_tasks: int, config_hash: str
+) -> None:
     from safetensors.torch import save_file
 
     ckpt = run_dir / CHECKPOINT_DIR
@@ -85,7 +98,13 @@ def save_checkpoint(run_dir: Path, learner_state: dict[str, Any], completed_task
     tensors = {k: v.clone() for k, v in tensors.items()}
     atomic_write(ckpt / TENSORS_FILE, lambda tmp: save_file(tensors, str(tmp)))
     digest = hashlib.sha256((ckpt / TENSORS_FILE).read_bytes()).hexdigest()
-    meta = {"completed_tasks": completed_tasks, "config_hash": config_hash, "tensors_sha256": digest, "structure": structure, "rng": rng_state()}
+    meta = {
+        "completed_tasks": completed_tasks,
+        "config_hash": config_hash,
+        "tensors_sha256": digest,
+        "structure": structure,
+        "rng": rng_state(),
+    }
     atomic_write(ckpt / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta)))
 
 
@@ -96,16 +115,29 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, Any], int, str, dict[str, 
     ckpt = run_dir / CHECKPOINT_DIR
     meta_path, tensors_path = ckpt / META_FILE, ckpt / TENSORS_FILE
     if not meta_path.is_file():
-        raise UserError(f"{run_dir} has no checkpoint to resume from; run without --resume (and a new --out)")
+        raise UserError(
+            f"{run_dir} has no checkpoint to resume from; run without --resume (and a new --out)"
+        )
     try:
         meta = json.loads(meta_path.read_text())
         data = tensors_path.read_bytes()
     except (json.JSONDecodeError, OSError) as exc:
-        raise UserError(f"checkpoint {meta_path} is corrupt ({type(exc).__name__}); delete {ckpt} and start the run again") from None
+        raise UserError(
+            f"checkpoint {meta_path} is corrupt ({type(exc).__name__}); delete {ckpt} and start the run again"
+        ) from None
     if hashlib.sha256(data).hexdigest() != meta.get("tensors_sha256"):
-        raise UserError(f"checkpoint {tensors_path} is corrupt or truncated (hash mismatch); delete {ckpt} and start the run again")
+        raise UserError(
+            f"checkpoint {tensors_path} is corrupt or truncated (hash mismatch); delete {ckpt} and start the run again"
+        )
     try:
         tensors = load_file(str(tensors_path))
     except Exception as exc:
-        raise UserError(f"checkpoint {tensors_path} cannot be read ({type(exc).__name__}); delete {ckpt} and start again") from None
-    return _unflatten(meta["structure"], tensors), int(meta["completed_tasks"]), meta["config_hash"], meta["rng"]
+        raise UserError(
+            f"checkpoint {tensors_path} cannot be read ({type(exc).__name__}); delete {ckpt} and start again"
+        ) from None
+    return (
+        _unflatten(meta["structure"], tensors),
+        int(meta["completed_tasks"]),
+        meta["config_hash"],
+        meta["rng"],
+    )

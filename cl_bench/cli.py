@@ -9,12 +9,21 @@ import traceback
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
+
+try:  # typer >= 0.20 vendors click
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_exc
 
 from cl_bench.errors import RunFailed, UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Continual-learning benchmark harness for CLIP-style models.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Continual-learning benchmark harness for CLIP-style models.",
+)
 list_app = typer.Typer(no_args_is_help=True, help="List learners, settings or datasets.")
 app.add_typer(list_app, name="list")
 
@@ -23,7 +32,10 @@ def _mount_optional(name: str, module: str, help_text: str) -> None:
     """Sub-apps of other modules (toy, data, ...) — mounted when their module exists."""
     import importlib.util
 
-    if importlib.util.find_spec(module) is None:
+    try:
+        if importlib.util.find_spec(module) is None:
+            return
+    except ModuleNotFoundError:
         return
     sub = __import__(module, fromlist=["app"]).app
     app.add_typer(sub, name=name, help=help_text)
@@ -41,30 +53,68 @@ def _parse_sets(values: list[str]) -> dict[str, str]:
 
 @app.command()
 def run(
-    setting: Annotated[str, typer.Option(help="Protocol: xtail or mtil (tasks/settings/*.toml).")] = "xtail",
-    learner: Annotated[str, typer.Option(help="Learner name, package.module:Class or file.py:Class.")] = "zeroshot",
-    world: Annotated[str, typer.Option(help="Data world: toy (embedded, default) or real.")] = "toy",
+    ctx: typer.Context,
+    setting: Annotated[
+        str, typer.Option(help="Protocol: xtail or mtil (tasks/settings/*.toml).")
+    ] = "xtail",
+    learner: Annotated[
+        str, typer.Option(help="Learner name, package.module:Class or file.py:Class.")
+    ] = "zeroshot",
+    world: Annotated[
+        str, typer.Option(help="Data world: toy (embedded, default) or real.")
+    ] = "toy",
     order: Annotated[str | None, typer.Option(help="Task order (MTIL: I or II).")] = None,
-    shots: Annotated[int | None, typer.Option(help="Images per class for training (0 = all).")] = None,
-    iterations: Annotated[int | None, typer.Option(help="Override the per-task iteration count.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Override the training batch size.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for initialisation, batch order, augmentation.")] = 0,
-    out: Annotated[str | None, typer.Option(help="Run directory (default results/runs/<world>-<setting>-<learner>-seed<S>).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last completed task.")] = False,
-    force: Annotated[bool, typer.Option(help="Overwrite a finished run / resume despite a changed config.")] = False,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Learner hyperparameter KEY=VALUE (repeatable).")] = None,
+    shots: Annotated[
+        int | None, typer.Option(help="Images per class for training (0 = all).")
+    ] = None,
+    iterations: Annotated[
+        int | None, typer.Option(help="Override the per-task iteration count.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Override the training batch size.")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Seed for initialisation, batch order, augmentation.")
+    ] = 0,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            help="Run directory (default results/runs/<world>-<setting>-<learner>-seed<S>)."
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run from its last completed task.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option(help="Overwrite a finished run / resume despite a changed config.")
+    ] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Learner hyperparameter KEY=VALUE (repeatable)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    config: Annotated[Path | None, typer.Option(help="TOML file with run options and a [set] table.")] = None,
-    model: Annotated[str | None, typer.Option(help="Real world: open_clip model name (default ViT-B-16).")] = None,
-    pretrained: Annotated[str | None, typer.Option(help="Real world: open_clip weights tag (default openai).")] = None,
-    data_root: Annotated[str | None, typer.Option(help="Real world: directory holding the datasets.")] = None,
-    eval_limit: Annotated[int | None, typer.Option(help="At most N test images per dataset (quick looks).")] = None,
-    max_tasks: Annotated[int | None, typer.Option(help="Only the first N tasks of the stream (quick looks).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file with run options and a [set] table.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Real world: open_clip model name (default ViT-B-16).")
+    ] = None,
+    pretrained: Annotated[
+        str | None, typer.Option(help="Real world: open_clip weights tag (default openai).")
+    ] = None,
+    data_root: Annotated[
+        str | None, typer.Option(help="Real world: directory holding the datasets.")
+    ] = None,
+    eval_limit: Annotated[
+        int | None, typer.Option(help="At most N test images per dataset (quick looks).")
+    ] = None,
+    max_tasks: Annotated[
+        int | None, typer.Option(help="Only the first N tasks of the stream (quick looks).")
+    ] = None,
 ) -> None:
     """Stream a setting's tasks through a learner; write accuracy/summary parquet + manifest."""
     from cl_bench.config import RunConfig, load_config_file
 
-    ctx = click.get_current_context()
     values = load_config_file(config) if config else {}
     flags = {
         "setting": setting, "learner": learner, "world": world, "order": order, "shots": shots,
@@ -74,7 +124,7 @@ def run(
     }  # fmt: skip
     for key, value in flags.items():  # flags given on the command line beat the file
         source = ctx.get_parameter_source(key)
-        if key not in values or source == click.core.ParameterSource.COMMANDLINE:
+        if key not in values or getattr(source, "name", "") == "COMMANDLINE":
             values[key] = value
     values["overrides"] = {**values.get("overrides", {}), **_parse_sets(set_ or [])}
     cfg = RunConfig(**values)
@@ -83,24 +133,32 @@ def run(
     from cl_bench.cli_view import RichReporter, print_summary
     from cl_bench.engine import Engine
 
-    with RichReporter() as reporter:
-        engine = Engine(cfg, reporter)
+    reporter = RichReporter()
+    engine = Engine(cfg, reporter)  # resolves and validates everything before any bar is drawn
+    with reporter:
         outcome = engine.run()
     print_summary(outcome)
 
 
 @list_app.command("learners")
-def list_learners(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False) -> None:
+def list_learners(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False,
+) -> None:
     """Registered learners (built-ins and installed plug-ins) with a one-line description."""
-    from cl_bench.learner import available_learners
     from cl_bench.cli_view import describe_target, print_rows
+    from cl_bench.learner import available_learners
 
-    rows = [{"name": n, "target": t, "description": describe_target(t)} for n, t in available_learners().items()]
+    rows = [
+        {"name": n, "target": t, "description": describe_target(t)}
+        for n, t in available_learners().items()
+    ]
     print_rows(rows, as_json, "Learners")
 
 
 @list_app.command("settings")
-def list_settings(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False) -> None:
+def list_settings(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False,
+) -> None:
     """Protocols in tasks/settings/."""
     from cl_bench.cli_view import print_rows
     from cl_bench.settings import available_settings, load_setting_file
@@ -109,7 +167,17 @@ def list_settings(as_json: Annotated[bool, typer.Option("--json", help="Machine-
     for name in available_settings():
         raw = load_setting_file(name)
         datasets = raw.get("datasets") or next(iter(raw["orders"].values()))
-        rows.append({"name": name, "version": raw["version"], "tasks": len(datasets), "task_agnostic": raw["task_agnostic"], "shots": raw["shots"], "iterations": raw["iterations"], "description": raw["description"]})
+        rows.append(
+            {
+                "name": name,
+                "version": raw["version"],
+                "tasks": len(datasets),
+                "task_agnostic": raw["task_agnostic"],
+                "shots": raw["shots"],
+                "iterations": raw["iterations"],
+                "description": raw["description"],
+            }
+        )
     print_rows(rows, as_json, "Settings")
 
 
@@ -126,17 +194,27 @@ def list_datasets(
 
 @app.command()
 def leaderboard(
-    dirs: Annotated[list[Path] | None, typer.Argument(help="Run directories or folders containing them.")] = None,
+    dirs: Annotated[
+        list[Path] | None, typer.Argument(help="Run directories or folders containing them.")
+    ] = None,
     setting: Annotated[str | None, typer.Option(help="Only runs of this setting.")] = None,
     metric: Annotated[str, typer.Option(help="transfer, average, last or all.")] = "all",
     per_dataset: Annotated[bool, typer.Option(help="One column per dataset.")] = False,
-    fmt: Annotated[str, typer.Option("--format", help="markdown, latex, csv or html.")] = "markdown",
+    fmt: Annotated[
+        str, typer.Option("--format", help="markdown, latex, csv or html.")
+    ] = "markdown",
     out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
 ) -> None:
     """Paper-style tables from many runs (mean ± std over seeds)."""
     from cl_bench.leaderboard import render_leaderboard
 
-    text, skipped = render_leaderboard(dirs or [Path("results/runs")], setting=setting, metric=metric, per_dataset=per_dataset, fmt=fmt)
+    text, skipped = render_leaderboard(
+        dirs or [Path("results/runs")],
+        setting=setting,
+        metric=metric,
+        per_dataset=per_dataset,
+        fmt=fmt,
+    )
     for run_dir, reason in skipped:
         print(f"skipped {run_dir}: {reason}", file=sys.stderr)
     if out:
@@ -151,7 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
-    _mount_optional("toy", "cl_bench.data.toy.cli", "The embedded toy world: pre-train its CLIP, look at it.")
+    _mount_optional(
+        "toy", "cl_bench.data.toy.cli", "The embedded toy world: pre-train its CLIP, look at it."
+    )
     _mount_optional("data", "cl_bench.data.real.cli", "Real datasets: prepare and check.")
     try:
         app(args=args, standalone_mode=False, prog_name="clbench")
@@ -160,13 +240,19 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    except click.UsageError as exc:
-        hint = f" (see clbench {exc.ctx.info_name} --help)" if exc.ctx and exc.ctx.info_name != "clbench" else " (see clbench --help)"
+    except click_exc.NoArgsIsHelpError:
+        sys.exit(0)
+    except click_exc.UsageError as exc:
+        hint = (
+            f" (see clbench {exc.ctx.info_name} --help)"
+            if exc.ctx and exc.ctx.info_name != "clbench"
+            else " (see clbench --help)"
+        )
         print(f"error: {exc.format_message()}{hint}", file=sys.stderr)
         sys.exit(2)
     except RunFailed as exc:

@@ -10,7 +10,14 @@ import sys
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 console = Console(stderr=True)
@@ -20,7 +27,16 @@ class RichReporter:
     """Engine progress as rich bars: one per training task and one per evaluation."""
 
     def __init__(self) -> None:
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console, transient=False)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            transient=False,
+        )
         self.current: int | None = None
 
     def __enter__(self) -> RichReporter:
@@ -38,7 +54,9 @@ class RichReporter:
     def advance(self, n: int = 1, scalars: dict[str, float] | None = None) -> None:
         if self.current is None:
             return
-        info = "  ".join(f"{k}={v:.4g}" for k, v in (scalars or {}).items() if k not in ("task", "step"))
+        info = "  ".join(
+            f"{k}={v:.4g}" for k, v in (scalars or {}).items() if k not in ("task", "step")
+        )
         self.progress.update(self.current, advance=n, **({"info": info} if info else {}))
 
     def message(self, text: str) -> None:
@@ -56,10 +74,19 @@ def print_summary(outcome: Any) -> None:
         return "—" if v != v else f"{v:.1f}"
 
     for r in s.itertuples():
-        table.add_row(r.dataset, r.split, fmt(r.transfer), fmt(r.average), fmt(r.last), fmt(r.holdout_transfer))
+        table.add_row(
+            r.dataset,
+            r.split,
+            fmt(r.transfer),
+            fmt(r.average),
+            fmt(r.last),
+            fmt(r.holdout_transfer),
+        )
     mean = s[s["split"] == "mean"].iloc[0]
     Console().print(table)
-    Console().print(f"gain {fmt(mean['gain'])}  forgetting {fmt(mean['forgetting'])}  wall {outcome.manifest.get('wall_time_s')} s")
+    Console().print(
+        f"gain {fmt(mean['gain'])}  forgetting {fmt(mean['forgetting'])}  wall {outcome.manifest.get('wall_time_s')} s"
+    )
 
 
 def describe_target(target: str) -> str:
@@ -76,7 +103,11 @@ def describe_target(target: str) -> str:
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == attr:
             for stmt in node.body:
-                if isinstance(stmt, ast.Assign) and any(getattr(t, "id", None) == "description" for t in stmt.targets) and isinstance(stmt.value, ast.Constant):
+                if (
+                    isinstance(stmt, ast.Assign)
+                    and any(getattr(t, "id", None) == "description" for t in stmt.targets)
+                    and isinstance(stmt.value, ast.Constant)
+                ):
                     return str(stmt.value.value)
             doc = ast.get_docstring(node)
             return doc.splitlines()[0] if doc else ""
@@ -98,7 +129,10 @@ def print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
 def dataset_rows(world: str) -> list[dict[str, Any]]:
     from cl_bench.errors import UserError
 
-    worlds = {"toy": "cl_bench.data.toy.world:ToyWorld", "real": "cl_bench.data.real.world:RealWorld"}
+    worlds = {
+        "toy": "cl_bench.data.toy.world:ToyWorld",
+        "real": "cl_bench.data.real.world:RealWorld",
+    }
     if world not in (*worlds, "all"):
         raise UserError(f"unknown world {world!r}; valid: toy, real, all")
     rows = []
@@ -111,6 +145,12 @@ def dataset_rows(world: str) -> list[dict[str, Any]]:
         w = getattr(importlib.import_module(module), attr)()
         for ds in w.dataset_names():
             info = w.dataset_info(ds)
-            rows.append({"name": ds, "num_classes": info.num_classes, "num_templates": len(info.templates), "world": name})
+            rows.append(
+                {
+                    "name": ds,
+                    "num_classes": info.num_classes,
+                    "num_templates": len(info.templates),
+                    "world": name,
+                }
+            )
     return rows
-

@@ -43,7 +43,14 @@ class RunConfig:
             raise UserError(f"unknown world {self.world!r}; valid worlds: {', '.join(WORLDS)}")
         if self.device not in DEVICES:
             raise UserError(f"unknown device {self.device!r}; valid devices: {', '.join(DEVICES)}")
-        for name in ("iterations", "batch_size", "eval_batch_size", "eval_limit", "max_tasks", "log_every"):
+        for name in (
+            "iterations",
+            "batch_size",
+            "eval_batch_size",
+            "eval_limit",
+            "max_tasks",
+            "log_every",
+        ):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 flag = "--" + name.replace("_", "-")
@@ -73,7 +80,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
     overrides = raw.pop("set", {})
     unknown = set(raw) - valid
     if unknown:
-        raise UserError(f"{path}: unknown keys {sorted(unknown)}; valid keys: {', '.join(sorted(valid))} and a [set] table")
+        raise UserError(
+            f"{path}: unknown keys {sorted(unknown)}; valid keys: {', '.join(sorted(valid))} and a [set] table"
+        )
     if not isinstance(overrides, dict):
         raise UserError(f"{path}: 'set' must be a table of learner hyperparameters")
     raw["overrides"] = {k: str(v) for k, v in overrides.items()}

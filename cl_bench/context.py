@@ -36,7 +36,9 @@ class RunContext:
         if self._reference is None:
             from cl_bench.errors import UserError
 
-            raise UserError(f"the {self.world} world provides no reference data; set --reference-images/--reference-captions")
+            raise UserError(
+                f"the {self.world} world provides no reference data; set --reference-images/--reference-captions"
+            )
         return self._reference(num_images, num_captions)
 
     def note(self, key: str, value: Any) -> None:

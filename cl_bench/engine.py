@@ -28,7 +28,17 @@ from cl_bench.errors import RunFailed, UserError
 from cl_bench.evaluation import EvalResult, evaluate_all
 from cl_bench.learner import Batch, Learner, StepInfo, Task, build_config, config_dict, get_learner
 from cl_bench.provenance import peak_rss_mb, versions
-from cl_bench.results import ACCURACY_COLUMNS, ACCURACY_FILE, MANIFEST_FILE, SUMMARY_FILE, read_manifest, read_parquet, summarize, write_json, write_parquet
+from cl_bench.results import (
+    ACCURACY_COLUMNS,
+    ACCURACY_FILE,
+    MANIFEST_FILE,
+    SUMMARY_FILE,
+    read_manifest,
+    read_parquet,
+    summarize,
+    write_json,
+    write_parquet,
+)
 from cl_bench.settings import Setting, resolve_setting
 from cl_bench.worlds import get_world
 
@@ -98,7 +108,9 @@ class BatchStream:
 
     def next_indices(self) -> np.ndarray:
         while self.order.numel() < self.batch_size:
-            self.order = torch.cat([self.order, torch.randperm(len(self.images), generator=self.generator)])
+            self.order = torch.cat(
+                [self.order, torch.randperm(len(self.images), generator=self.generator)]
+            )
         idx, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
         return idx.numpy()
 
@@ -106,17 +118,25 @@ class BatchStream:
 class Engine:
     """One run: resolves everything up front (fast errors), then streams the tasks."""
 
-    def __init__(self, cfg: RunConfig, reporter: Reporter | None = None, world: DataWorld | None = None) -> None:
+    def __init__(
+        self, cfg: RunConfig, reporter: Reporter | None = None, world: DataWorld | None = None
+    ) -> None:
         cfg.validate()
         self.cfg = cfg
         self.reporter = reporter or NullReporter()
-        self.setting = resolve_setting(cfg.setting, cfg.world, cfg.order, cfg.shots, cfg.iterations, cfg.batch_size)
+        self.setting = resolve_setting(
+            cfg.setting, cfg.world, cfg.order, cfg.shots, cfg.iterations, cfg.batch_size
+        )
         if cfg.max_tasks is not None:
             self.setting = _truncate(self.setting, cfg.max_tasks)
         self.learner_cls: type[Learner] = get_learner(cfg.learner)
         self.learner_cfg = build_config(self.learner_cls, cfg.overrides)
         self.world: DataWorld = world if world is not None else get_world(cfg)
-        self.run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg, self.setting, self.learner_cls.name, self.world.name)
+        self.run_dir = (
+            Path(cfg.out)
+            if cfg.out
+            else default_run_dir(cfg, self.setting, self.learner_cls.name, self.world.name)
+        )
         self.run_id = run_id_of(cfg, self.setting, self.learner_cls.name, self.world.name)
         self._check_run_dir()
         if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -130,23 +150,35 @@ class Engine:
         manifest_path = self.run_dir / MANIFEST_FILE
         if not manifest_path.exists():
             if self.cfg.resume:
-                raise UserError(f"--resume: {self.run_dir} holds no run to resume; drop --resume to start one")
+                raise UserError(
+                    f"--resume: {self.run_dir} holds no run to resume; drop --resume to start one"
+                )
             return
         status = read_manifest(self.run_dir).get("status")
         if self.cfg.resume:
             if status == "finished" and not self.cfg.force:
-                raise UserError(f"{self.run_dir} is already finished; nothing to resume (use --force to run it again)")
+                raise UserError(
+                    f"{self.run_dir} is already finished; nothing to resume (use --force to run it again)"
+                )
             return
         if self.cfg.force:
             return
-        hint = "pass --resume to continue it" if status != "finished" else "pass --force to overwrite it"
-        raise UserError(f"{self.run_dir} already holds a {status} run; {hint}, or choose another --out")
+        hint = (
+            "pass --resume to continue it"
+            if status != "finished"
+            else "pass --force to overwrite it"
+        )
+        raise UserError(
+            f"{self.run_dir} already holds a {status} run; {hint}, or choose another --out"
+        )
 
     # ---------------------------------------------------------------------------------
     def run(self) -> RunOutcome:
         cfg, setting = self.cfg, self.setting
         started = time.time()
-        resuming = self.cfg.resume and (self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.META_FILE).exists()
+        resuming = (
+            self.cfg.resume and (self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.META_FILE).exists()
+        )
         if self.cfg.force and not self.cfg.resume:
             for stale in (ACCURACY_FILE, SUMMARY_FILE):
                 (self.run_dir / stale).unlink(missing_ok=True)
@@ -156,7 +188,14 @@ class Engine:
         base_params = sum(p.numel() for p in backbone.model.parameters())
         infos = {name: self.world.dataset_info(name) for name in setting.eval_datasets}
         self.reporter.message(f"loading {len(infos)} test sets")
-        test_sets = {n: subsample(self.world.load_split(n, "test", None, setting.split_seed, backbone.image_size), cfg.eval_limit, setting.split_seed) for n in setting.eval_datasets}
+        test_sets = {
+            n: subsample(
+                self.world.load_split(n, "test", None, setting.split_seed, backbone.image_size),
+                cfg.eval_limit,
+                setting.split_seed,
+            )
+            for n in setting.eval_datasets
+        }
         ctx = RunContext(
             device=self.device,
             seed=cfg.seed,
@@ -201,11 +240,23 @@ class Engine:
             "config": cfg.to_dict(),
             "config_hash": cfg.hash(),
             "setting": asdict(setting),
-            "learner": {"name": self.learner_cls.name, "class": f"{self.learner_cls.__module__}:{self.learner_cls.__qualname__}", "config": config_dict(self.learner_cfg)},
+            "learner": {
+                "name": self.learner_cls.name,
+                "class": f"{self.learner_cls.__module__}:{self.learner_cls.__qualname__}",
+                "config": config_dict(self.learner_cfg),
+            },
             "world": self.world.describe(),
-            "backbone": {"name": backbone.name, "pretrained": backbone.pretrained, "parameters": base_params, "width": backbone.width, "image_size": backbone.image_size},
+            "backbone": {
+                "name": backbone.name,
+                "pretrained": backbone.pretrained,
+                "parameters": base_params,
+                "width": backbone.width,
+                "image_size": backbone.image_size,
+            },
             "versions": versions(),
-            "splits": {n: {**previous_splits.get(n, {}), "test": s.ids_hash} for n, s in test_sets.items()},
+            "splits": {
+                n: {**previous_splits.get(n, {}), "test": s.ids_hash} for n, s in test_sets.items()
+            },
             "tasks": previous_tasks,
             "resumed_at_task": start_task if resuming else None,
         }
@@ -214,13 +265,17 @@ class Engine:
         try:
             if not resuming:
                 rows = self._evaluate(learner, backbone, infos, test_sets, 0, "zeroshot")
-                write_parquet(pd.DataFrame(rows, columns=ACCURACY_COLUMNS), self.run_dir / ACCURACY_FILE)
+                write_parquet(
+                    pd.DataFrame(rows, columns=ACCURACY_COLUMNS), self.run_dir / ACCURACY_FILE
+                )
             for t in range(start_task, len(setting.datasets)):
                 rows += self._run_task(t, learner, backbone, ctx, infos, test_sets)
             acc = pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
             summary = summarize(acc)
             write_parquet(summary, self.run_dir / SUMMARY_FILE)
-            manifest["extra_inference_parameters"] = sum(p.numel() for p in learner.eval_model().parameters()) - base_params
+            manifest["extra_inference_parameters"] = (
+                sum(p.numel() for p in learner.eval_model().parameters()) - base_params
+            )
             manifest["status"] = "finished"
             manifest["wall_time_s"] = round(time.time() - started, 2)
             manifest["peak_rss_mb"] = round(peak_rss_mb(), 1)
@@ -228,7 +283,9 @@ class Engine:
             write_json(manifest, self.run_dir / MANIFEST_FILE)
             return RunOutcome(self.run_dir, acc, summary, manifest)
         except BaseException as exc:
-            manifest["status"] = "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted"
+            manifest["status"] = (
+                "failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted"
+            )
             manifest["error"] = f"{type(exc).__name__}: {exc}"
             manifest["derived"] = ctx.derived
             write_json(manifest, self.run_dir / MANIFEST_FILE)
@@ -236,8 +293,12 @@ class Engine:
 
     def _reference_provider(self, backbone):
         def provide(num_images: int, num_captions: int):
-            images, captions = self.world.reference_data(num_images, num_captions, self.cfg.seed, backbone.image_size)
-            return backbone.normalize(torch.from_numpy(np.ascontiguousarray(images)).to(self.device)), captions
+            images, captions = self.world.reference_data(
+                num_images, num_captions, self.cfg.seed, backbone.image_size
+            )
+            return backbone.normalize(
+                torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+            ), captions
 
         return provide
 
@@ -247,18 +308,33 @@ class Engine:
         old = read_manifest(self.run_dir).get("config", {})
         new = self.cfg.identity()
         diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
-        raise UserError(f"--resume with a different config ({'; '.join(diff) or 'config hash differs'}); use the original flags or add --force")
+        raise UserError(
+            f"--resume with a different config ({'; '.join(diff) or 'config hash differs'}); use the original flags or add --force"
+        )
 
-    def _run_task(self, t: int, learner: Learner, backbone, ctx: RunContext, infos, test_sets) -> list[dict[str, Any]]:
+    def _run_task(
+        self, t: int, learner: Learner, backbone, ctx: RunContext, infos, test_sets
+    ) -> list[dict[str, Any]]:
         setting, cfg = self.setting, self.cfg
         name = setting.datasets[t]
         info = infos[name]
         ctx.current_task = t + 1
         task_start = time.time()
-        train = self.world.load_split(name, "train", setting.shots, setting.split_seed, backbone.image_size)
+        train = self.world.load_split(
+            name, "train", setting.shots, setting.split_seed, backbone.image_size
+        )
         self.manifest["splits"].setdefault(name, {})["train"] = train.ids_hash
         prompts = tuple(info.prompts(0))
-        task = Task(t, name, info.classnames, prompts, ctx.tokenize(list(prompts)), setting.iterations, setting.batch_size, len(setting.datasets))
+        task = Task(
+            t,
+            name,
+            info.classnames,
+            prompts,
+            ctx.tokenize(list(prompts)),
+            setting.iterations,
+            setting.batch_size,
+            len(setting.datasets),
+        )
         learner.begin_task(task)
         trainable = learner.trainable_parameter_count()
         train_log: list[dict[str, Any]] = []
@@ -272,57 +348,125 @@ class Engine:
         self._write_task_outputs(rows, ctx, train_log, t)
         state = learner.state_dict()
         ckpt.save_checkpoint(self.run_dir, state, t + 1, cfg.hash())
-        self.manifest["tasks"].append({"task": t + 1, "dataset": name, "train_images": len(train), "trainable_parameters": trainable, "train_time_s": round(train_s, 3), "eval_time_s": round(eval_s, 3), "peak_rss_mb": round(peak_rss_mb(), 1), "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None})
+        self.manifest["tasks"].append(
+            {
+                "task": t + 1,
+                "dataset": name,
+                "train_images": len(train),
+                "trainable_parameters": trainable,
+                "train_time_s": round(train_s, 3),
+                "eval_time_s": round(eval_s, 3),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+                "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                if torch.cuda.is_available()
+                else None,
+            }
+        )
         self.manifest["derived"] = ctx.derived
         self.manifest["record_tables"] = sorted(ctx.records)
         write_json(self.manifest, self.run_dir / MANIFEST_FILE)
         return rows
 
-    def _train(self, t: int, task: Task, learner: Learner, backbone, train: ImageSet, log: list[dict[str, Any]]) -> None:
+    def _train(
+        self,
+        t: int,
+        task: Task,
+        learner: Learner,
+        backbone,
+        train: ImageSet,
+        log: list[dict[str, Any]],
+    ) -> None:
         cfg, setting = self.cfg, self.setting
         stream = BatchStream(train, setting.batch_size, cfg.seed, t)
-        self.reporter.phase(f"task {t + 1}/{len(setting.datasets)} {task.name}: train", setting.iterations)
+        self.reporter.phase(
+            f"task {t + 1}/{len(setting.datasets)} {task.name}: train", setting.iterations
+        )
         pending: list[tuple[int, dict[str, Any]]] = []
         learner.model.train()
         for step in range(setting.iterations):
             idx = stream.next_indices()
-            images = backbone.normalize(torch.from_numpy(np.ascontiguousarray(train.images[idx])).to(self.device))
+            images = backbone.normalize(
+                torch.from_numpy(np.ascontiguousarray(train.images[idx])).to(self.device)
+            )
             labels = torch.from_numpy(np.asarray(train.labels[idx], dtype=np.int64)).to(self.device)
-            scalars = learner.train_step(Batch(images, labels, task.text_tokens, t), StepInfo(step, setting.iterations, t, len(setting.datasets)))
+            scalars = learner.train_step(
+                Batch(images, labels, task.text_tokens, t),
+                StepInfo(step, setting.iterations, t, len(setting.datasets)),
+            )
             pending.append((step, scalars or {}))
             if (step + 1) % cfg.log_every == 0 or step + 1 == setting.iterations:
                 self._flush_scalars(t, task.name, pending, log)
                 pending = []
             self.reporter.advance(1)
 
-    def _flush_scalars(self, t: int, name: str, pending: list[tuple[int, dict[str, Any]]], log: list[dict[str, Any]]) -> None:
+    def _flush_scalars(
+        self,
+        t: int,
+        name: str,
+        pending: list[tuple[int, dict[str, Any]]],
+        log: list[dict[str, Any]],
+    ) -> None:
         """Host-sync the logged scalars every `log_every` steps; stop on a non-finite one."""
         for step, scalars in pending:
             values = {k: float(v) for k, v in scalars.items()}
             bad = {k: v for k, v in values.items() if not math.isfinite(v)}
             if bad:
                 key, value = next(iter(bad.items()))
-                raise RunFailed(f"non-finite {key} ({value}) at task {t + 1} ({name}), step {step + 1}; results of completed tasks are kept in {self.run_dir}")
+                raise RunFailed(
+                    f"non-finite {key} ({value}) at task {t + 1} ({name}), step {step + 1}; results of completed tasks are kept in {self.run_dir}"
+                )
         step, scalars = pending[-1]
         entry = {"task": t + 1, "step": step + 1, **{k: float(v) for k, v in scalars.items()}}
         log.append(entry)
         self.reporter.advance(0, entry)
 
-    def _evaluate(self, learner: Learner, backbone, infos, test_sets, after_task: int, after_name: str) -> list[dict[str, Any]]:
+    def _evaluate(
+        self, learner: Learner, backbone, infos, test_sets, after_task: int, after_name: str
+    ) -> list[dict[str, Any]]:
         setting = self.setting
         total = sum(len(test_sets[n]) for n in setting.eval_datasets)
         self.reporter.phase(f"eval after task {after_task} ({after_name})", total)
-        results = evaluate_all(learner.eval_model(), backbone, infos, test_sets, setting.datasets, tuple(h for h in setting.holdout if h not in setting.datasets), setting.task_agnostic, self.cfg.eval_batch_size, self.device, on_batch=lambda n: self.reporter.advance(n))
+        results = evaluate_all(
+            learner.eval_model(),
+            backbone,
+            infos,
+            test_sets,
+            setting.datasets,
+            tuple(h for h in setting.holdout if h not in setting.datasets),
+            setting.task_agnostic,
+            self.cfg.eval_batch_size,
+            self.device,
+            on_batch=lambda n: self.reporter.advance(n),
+        )
         return [self._row(r, after_task, after_name) for r in results]
 
     def _row(self, r: EvalResult, after_task: int, after_name: str) -> dict[str, Any]:
         s = self.setting
-        return {"run_id": self.run_id, "setting": s.name, "world": self.world.name, "model": self.backbone.name, "learner": self.learner_cls.name, "seed": self.cfg.seed, "order": s.order, "shots": s.shots or 0, "after_task": after_task, "after_task_name": after_name, "eval_dataset": r.dataset, "split": r.split, "correct": r.correct, "total": r.total, "accuracy": r.accuracy}
+        return {
+            "run_id": self.run_id,
+            "setting": s.name,
+            "world": self.world.name,
+            "model": self.backbone.name,
+            "learner": self.learner_cls.name,
+            "seed": self.cfg.seed,
+            "order": s.order,
+            "shots": s.shots or 0,
+            "after_task": after_task,
+            "after_task_name": after_name,
+            "eval_dataset": r.dataset,
+            "split": r.split,
+            "correct": r.correct,
+            "total": r.total,
+            "accuracy": r.accuracy,
+        }
 
     def _write_task_outputs(self, rows, ctx: RunContext, train_log, t: int) -> None:
         prev = read_parquet(self.run_dir / ACCURACY_FILE)
         prev = prev[prev["after_task"] <= t]
-        write_parquet(pd.concat([prev, pd.DataFrame(rows, columns=ACCURACY_COLUMNS)], ignore_index=True), self.run_dir / ACCURACY_FILE)
+        write_parquet(
+            pd.concat([prev, pd.DataFrame(rows, columns=ACCURACY_COLUMNS)], ignore_index=True),
+            self.run_dir / ACCURACY_FILE,
+        )
         for table, table_rows in ctx.records.items():
             write_parquet(pd.DataFrame(table_rows), self.run_dir / f"{table}.parquet")
         if train_log:
@@ -339,7 +483,9 @@ def _truncate(setting: Setting, max_tasks: int) -> Setting:
     return replace(setting, datasets=setting.datasets[:max_tasks])
 
 
-def run(cfg: RunConfig, reporter: Reporter | None = None, world: DataWorld | None = None) -> RunOutcome:
+def run(
+    cfg: RunConfig, reporter: Reporter | None = None, world: DataWorld | None = None
+) -> RunOutcome:
     """Run (or resume) one stream and write its results; returns the frames and the run dir.
 
     `world` replaces the world named by cfg.world (tests, custom data worlds).

@@ -146,10 +146,14 @@ def register_learner(name: str):
 
     def decorate(cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, Learner)):
-            raise UserError(f"@register_learner({name!r}) decorates {cls!r}, which is not a Learner subclass; inherit from cl_bench.Learner")
+            raise UserError(
+                f"@register_learner({name!r}) decorates {cls!r}, which is not a Learner subclass; inherit from cl_bench.Learner"
+            )
         existing = _REGISTRY.get(name)
         if existing is not None and _qualname(existing) != _qualname(cls):
-            raise UserError(f"learner name {name!r} is registered twice ({_qualname(existing)} and {_qualname(cls)}); rename one")
+            raise UserError(
+                f"learner name {name!r} is registered twice ({_qualname(existing)} and {_qualname(cls)}); rename one"
+            )
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -170,7 +174,9 @@ def available_learners() -> dict[str, str]:
     found = dict(BUILTIN_LEARNERS)
     for name, target in _entry_point_targets().items():
         if name in found and found[name] != target:
-            raise UserError(f"learner {name!r} is provided twice ({found[name]} and {target}); uninstall one")
+            raise UserError(
+                f"learner {name!r} is provided twice ({found[name]} and {target}); uninstall one"
+            )
         found[name] = target
     for name, cls in _REGISTRY.items():
         found.setdefault(name, _qualname(cls))
@@ -181,7 +187,9 @@ def _load_target(target: str) -> type[Learner]:
     """Load 'package.module:Class' or 'path/to/file.py:Class'."""
     module_part, _, attr = target.rpartition(":")
     if not module_part or not attr:
-        raise UserError(f"learner target {target!r} is not of the form module:Class or file.py:Class")
+        raise UserError(
+            f"learner target {target!r} is not of the form module:Class or file.py:Class"
+        )
     try:
         if module_part.endswith(".py"):
             path = Path(module_part)
@@ -199,10 +207,14 @@ def _load_target(target: str) -> type[Learner]:
     except UserError:
         raise
     except Exception as exc:  # the user's module failed: name it, keep the cause
-        raise UserError(f"learner module {module_part!r} failed to import: {type(exc).__name__}: {exc}") from exc
+        raise UserError(
+            f"learner module {module_part!r} failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
     cls = getattr(module, attr, None)
     if cls is None:
-        raise UserError(f"{module_part!r} has no attribute {attr!r}; check the class name in {target!r}")
+        raise UserError(
+            f"{module_part!r} has no attribute {attr!r}; check the class name in {target!r}"
+        )
     if not (isinstance(cls, type) and issubclass(cls, Learner)):
         raise UserError(f"{target!r} is not a Learner subclass; inherit from cl_bench.Learner")
     if not cls.name:
@@ -220,7 +232,9 @@ def get_learner(name_or_target: str) -> type[Learner]:
     if name_or_target not in known:
         close = difflib.get_close_matches(name_or_target, known, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UserError(f"unknown learner {name_or_target!r}.{hint} Valid: {', '.join(known)} (or module:Class / file.py:Class)")
+        raise UserError(
+            f"unknown learner {name_or_target!r}.{hint} Valid: {', '.join(known)} (or module:Class / file.py:Class)"
+        )
     cls = _load_target(known[name_or_target])
     if cls.name != name_or_target:
         cls.name = name_or_target
@@ -273,7 +287,9 @@ def build_config(learner_cls: type[Learner], overrides: dict[str, str]) -> Any:
     for key, raw in overrides.items():
         if key not in fields:
             valid = ", ".join(fields) or "(none: this learner has no hyperparameters)"
-            raise UserError(f"--set {key}: {learner_cls.name} has no such hyperparameter. Valid keys: {valid}")
+            raise UserError(
+                f"--set {key}: {learner_cls.name} has no such hyperparameter. Valid keys: {valid}"
+            )
         values[key] = _convert(str(raw), hints[key], key)
     try:
         return cfg_cls(**values)

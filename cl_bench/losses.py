@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def clip_features(model: nn.Module, images: torch.Tensor, text_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def clip_features(
+    model: nn.Module, images: torch.Tensor, text_tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalized image [B, D] and text [C, D] features."""
     image_features = F.normalize(model.encode_image(images), dim=-1)
     text_features = F.normalize(model.encode_text(text_tokens), dim=-1)
@@ -20,7 +22,9 @@ def clip_logits(model: nn.Module, images: torch.Tensor, text_tokens: torch.Tenso
     return model.logit_scale.exp() * image_features @ text_features.T
 
 
-def contrastive_loss(logits_per_image: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+def contrastive_loss(
+    logits_per_image: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """image->text CE over the task's prompts + text->image CE.
 
     text->image: each image's class prompt is scored against all images of the batch; where a

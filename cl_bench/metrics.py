@@ -38,10 +38,14 @@ class StreamMetrics:
 def _check(acc: np.ndarray, name: str) -> np.ndarray:
     acc = np.asarray(acc, dtype=np.float64)
     if acc.ndim != 2 or acc.shape[0] < 2:
-        raise UserError(f"{name}: expected a (T+1) x N matrix with the zero-shot row and >= 1 task row, got shape {acc.shape}")
+        raise UserError(
+            f"{name}: expected a (T+1) x N matrix with the zero-shot row and >= 1 task row, got shape {acc.shape}"
+        )
     if np.isnan(acc).any():
         rows = sorted({int(r) for r in np.argwhere(np.isnan(acc))[:, 0]})
-        raise UserError(f"{name}: missing accuracies after task(s) {rows}; the run is incomplete (resume it)")
+        raise UserError(
+            f"{name}: missing accuracies after task(s) {rows}; the run is incomplete (resume it)"
+        )
     return acc
 
 

@@ -24,7 +24,15 @@ def warmup_steps_for(total_steps: int, warmup_fraction: float) -> int:
     return max(1, round(warmup_fraction * total_steps)) if warmup_fraction > 0 else 0
 
 
-def adamw_warmup_cosine(params, lr: float, weight_decay: float, total_steps: int, warmup_fraction: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def adamw_warmup_cosine(
+    params,
+    lr: float,
+    weight_decay: float,
+    total_steps: int,
+    warmup_fraction: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW + warm-up/cosine LambdaLR, stepped once per optimizer step."""
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
     schedule = warmup_cosine(total_steps, warmup_steps_for(total_steps, warmup_fraction))

@@ -25,8 +25,25 @@ MANIFEST_FILE = "manifest.json"
 
 # Identity columns every row carries, so a table can never mix unlike runs silently.
 RUN_COLUMNS = ["run_id", "setting", "world", "model", "learner", "seed", "order", "shots"]
-ACCURACY_COLUMNS = RUN_COLUMNS + ["after_task", "after_task_name", "eval_dataset", "split", "correct", "total", "accuracy"]
-SUMMARY_COLUMNS = RUN_COLUMNS + ["dataset", "split", "transfer", "average", "last", "holdout_transfer", "gain", "forgetting"]
+ACCURACY_COLUMNS = RUN_COLUMNS + [
+    "after_task",
+    "after_task_name",
+    "eval_dataset",
+    "split",
+    "correct",
+    "total",
+    "accuracy",
+]
+SUMMARY_COLUMNS = RUN_COLUMNS + [
+    "dataset",
+    "split",
+    "transfer",
+    "average",
+    "last",
+    "holdout_transfer",
+    "gain",
+    "forgetting",
+]
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -66,7 +83,9 @@ def read_parquet(path: Path) -> pd.DataFrame:
     except FileNotFoundError:
         raise UserError(f"{path} does not exist; is this a run directory?") from None
     except Exception as exc:
-        raise UserError(f"{path} is corrupt or truncated ({type(exc).__name__}); delete it and resume the run") from None
+        raise UserError(
+            f"{path} is corrupt or truncated ({type(exc).__name__}); delete it and resume the run"
+        ) from None
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
@@ -76,14 +95,18 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserError(f"{path} does not exist; is {run_dir} a run directory?") from None
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is corrupt ({exc.msg}); delete the run directory and run again") from None
+        raise UserError(
+            f"{path} is corrupt ({exc.msg}); delete the run directory and run again"
+        ) from None
 
 
 def accuracy_matrices(acc: pd.DataFrame) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
     """One run's long rows -> (stream matrix (T+1) x T, stream names, hold-out (T+1) x H, names)."""
     stream = acc[acc["split"] == "stream"]
     holdout = acc[acc["split"] == "holdout"]
-    stream_names = list(stream.sort_values("after_task").drop_duplicates("eval_dataset")["eval_dataset"])
+    stream_names = list(
+        stream.sort_values("after_task").drop_duplicates("eval_dataset")["eval_dataset"]
+    )
     # Stream datasets are numbered in task order: order them by the task that learns them.
     task_names = acc.drop_duplicates("after_task").set_index("after_task")["after_task_name"]
     order = [n for n in task_names.sort_index().tolist() if n in stream_names]
@@ -92,10 +115,15 @@ def accuracy_matrices(acc: pd.DataFrame) -> tuple[np.ndarray, list[str], np.ndar
     rows = np.arange(num_tasks + 1)
 
     def pivot(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
-        table = df.pivot_table(index="after_task", columns="eval_dataset", values="accuracy", aggfunc="first")
+        table = df.pivot_table(
+            index="after_task", columns="eval_dataset", values="accuracy", aggfunc="first"
+        )
         return table.reindex(index=rows, columns=cols).to_numpy(dtype=np.float64)
 
-    holdout_names = sorted(holdout["eval_dataset"].unique().tolist(), key=lambda n: list(holdout["eval_dataset"]).index(n))
+    holdout_names = sorted(
+        holdout["eval_dataset"].unique().tolist(),
+        key=lambda n: list(holdout["eval_dataset"]).index(n),
+    )
     return pivot(stream, stream_names), stream_names, pivot(holdout, holdout_names), holdout_names
 
 
@@ -107,11 +135,47 @@ def summarize(acc: pd.DataFrame) -> pd.DataFrame:
     nan = float("nan")
     rows = []
     for j, name in enumerate(s_names):
-        rows.append({**ident, "dataset": name, "split": "stream", "transfer": m.transfer[j], "average": m.average[j], "last": m.last[j], "holdout_transfer": nan, "gain": s_mat[j + 1, j] - s_mat[0, j], "forgetting": s_mat[j + 1, j] - s_mat[-1, j] if j < len(s_names) - 1 else nan})
+        rows.append(
+            {
+                **ident,
+                "dataset": name,
+                "split": "stream",
+                "transfer": m.transfer[j],
+                "average": m.average[j],
+                "last": m.last[j],
+                "holdout_transfer": nan,
+                "gain": s_mat[j + 1, j] - s_mat[0, j],
+                "forgetting": s_mat[j + 1, j] - s_mat[-1, j] if j < len(s_names) - 1 else nan,
+            }
+        )
     h_vals = holdout_transfer(h_mat) if h_names else np.array([])
     for name, value in zip(h_names, h_vals, strict=True):
-        rows.append({**ident, "dataset": name, "split": "holdout", "transfer": nan, "average": nan, "last": nan, "holdout_transfer": float(value), "gain": nan, "forgetting": nan})
-    rows.append({**ident, "dataset": "mean", "split": "mean", "transfer": m.transfer_mean, "average": m.average_mean, "last": m.last_mean, "holdout_transfer": float(np.mean(h_vals)) if h_names else nan, "gain": m.gain, "forgetting": m.forgetting})
+        rows.append(
+            {
+                **ident,
+                "dataset": name,
+                "split": "holdout",
+                "transfer": nan,
+                "average": nan,
+                "last": nan,
+                "holdout_transfer": float(value),
+                "gain": nan,
+                "forgetting": nan,
+            }
+        )
+    rows.append(
+        {
+            **ident,
+            "dataset": "mean",
+            "split": "mean",
+            "transfer": m.transfer_mean,
+            "average": m.average_mean,
+            "last": m.last_mean,
+            "holdout_transfer": float(np.mean(h_vals)) if h_names else nan,
+            "gain": m.gain,
+            "forgetting": m.forgetting,
+        }
+    )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -125,7 +189,9 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
     for p in paths:
         p = Path(p)
         if not p.exists():
-            raise UserError(f"{p} does not exist; pass run directories or a folder that contains them")
+            raise UserError(
+                f"{p} does not exist; pass run directories or a folder that contains them"
+            )
         if is_run_dir(p):
             found.append(p)
         else:
@@ -133,7 +199,9 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
-def load_runs(paths: Iterable[Path], table: str = ACCURACY_FILE, only_finished: bool = True) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
+def load_runs(
+    paths: Iterable[Path], table: str = ACCURACY_FILE, only_finished: bool = True
+) -> tuple[pd.DataFrame, list[tuple[Path, str]]]:
     """Concatenate `table` from many run dirs; returns (frame, [(skipped dir, reason)])."""
     frames, skipped = [], []
     for run_dir in find_run_dirs(paths):

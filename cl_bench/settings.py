@@ -19,7 +19,17 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 WORLD_KEYS = {"iterations", "few_shot_iterations", "batch_size", "full_finetune_lr", "shots"}
-REQUIRED = {"name", "version", "description", "task_agnostic", "holdout", "shots", "iterations", "batch_size", "split_seed"}
+REQUIRED = {
+    "name",
+    "version",
+    "description",
+    "task_agnostic",
+    "holdout",
+    "shots",
+    "iterations",
+    "batch_size",
+    "split_seed",
+}
 OPTIONAL = {"datasets", "orders", "few_shot_iterations", "real", "toy"}
 
 
@@ -31,7 +41,9 @@ def tasks_dir() -> Path:
     for path in candidates:
         if (path / "settings").is_dir():
             return path
-    raise UserError("cannot find the tasks/ directory; install cl-bench from a checkout (pip install -e .) or set CLBENCH_TASKS_DIR")
+    raise UserError(
+        "cannot find the tasks/ directory; install cl-bench from a checkout (pip install -e .) or set CLBENCH_TASKS_DIR"
+    )
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -83,25 +95,38 @@ def load_setting_file(name: str) -> dict[str, Any]:
     if missing:
         raise UserError(f"{path}: missing keys {sorted(missing)}; add them")
     if unknown:
-        raise UserError(f"{path}: unknown keys {sorted(unknown)}; valid keys are {sorted(REQUIRED | OPTIONAL)}")
+        raise UserError(
+            f"{path}: unknown keys {sorted(unknown)}; valid keys are {sorted(REQUIRED | OPTIONAL)}"
+        )
     if ("datasets" in raw) == ("orders" in raw):
         raise UserError(f"{path}: give exactly one of 'datasets' or '[orders]'")
     for world in ("real", "toy"):
         bad = set(raw.get(world, {})) - WORLD_KEYS
         if bad:
-            raise UserError(f"{path}: unknown keys {sorted(bad)} in [{world}]; valid: {sorted(WORLD_KEYS)}")
+            raise UserError(
+                f"{path}: unknown keys {sorted(bad)} in [{world}]; valid: {sorted(WORLD_KEYS)}"
+            )
     raw["_path"] = str(path)
     return raw
 
 
-def resolve_setting(name: str, world: str, order: str | None = None, shots: int | None = None, iterations: int | None = None, batch_size: int | None = None) -> Setting:
+def resolve_setting(
+    name: str,
+    world: str,
+    order: str | None = None,
+    shots: int | None = None,
+    iterations: int | None = None,
+    batch_size: int | None = None,
+) -> Setting:
     raw = load_setting_file(name)
     per_world = raw.get(world, {})
     if "orders" in raw:
         orders = raw["orders"]
         order = order or next(iter(orders))
         if order not in orders:
-            raise UserError(f"setting {name} has no order {order!r}; valid orders: {', '.join(orders)}")
+            raise UserError(
+                f"setting {name} has no order {order!r}; valid orders: {', '.join(orders)}"
+            )
         datasets = orders[order]
     else:
         if order not in (None, "I"):
@@ -115,7 +140,9 @@ def resolve_setting(name: str, world: str, order: str | None = None, shots: int 
     few_shot_variant = shots is not None and shots > 0 and not raw["shots"]
     if few_shot_variant and "few_shot_iterations" in raw:
         paper_iters = int(raw["few_shot_iterations"])
-        world_iters = int(per_world.get("few_shot_iterations", per_world.get("iterations", paper_iters)))
+        world_iters = int(
+            per_world.get("few_shot_iterations", per_world.get("iterations", paper_iters))
+        )
     else:
         paper_iters = int(raw["iterations"])
         world_iters = int(per_world.get("iterations", paper_iters))

@@ -8,7 +8,10 @@ from cl_bench.config import WORLDS, RunConfig
 from cl_bench.data.world import DataWorld
 from cl_bench.errors import UserError
 
-WORLD_CLASSES = {"toy": "cl_bench.data.toy.world:ToyWorld", "real": "cl_bench.data.real.world:RealWorld"}
+WORLD_CLASSES = {
+    "toy": "cl_bench.data.toy.world:ToyWorld",
+    "real": "cl_bench.data.real.world:RealWorld",
+}
 
 
 def get_world(cfg: RunConfig) -> DataWorld:
@@ -19,5 +22,7 @@ def get_world(cfg: RunConfig) -> DataWorld:
     if cfg.world == "real":
         return cls(model=cfg.model, pretrained=cfg.pretrained, data_root=cfg.data_root)
     if cfg.model or cfg.pretrained or cfg.data_root:
-        raise UserError("--model/--pretrained/--data-root apply to --world real only; the toy world ships its own CLIP")
+        raise UserError(
+            "--model/--pretrained/--data-root apply to --world real only; the toy world ships its own CLIP"
+        )
     return cls()

@@ -66,7 +66,9 @@ class DataWorld(ABC):
         """Class names and templates; unknown name -> UserError listing valid names."""
 
     @abstractmethod
-    def load_split(self, name: str, split: str, shots: int | None, split_seed: int, image_size: int) -> ImageSet:
+    def load_split(
+        self, name: str, split: str, shots: int | None, split_seed: int, image_size: int
+    ) -> ImageSet:
         """split in {"train", "test"}; shots=K keeps K images per class (train only)."""
 
     @abstractmethod
@@ -77,11 +79,15 @@ class DataWorld(ABC):
         """Missing pieces (one line each, with the fix) before a run starts; [] when ready."""
         return []
 
-    def reference_data(self, num_images: int, num_captions: int, seed: int, image_size: int) -> tuple[np.ndarray, list[str]]:
+    def reference_data(
+        self, num_images: int, num_captions: int, seed: int, image_size: int
+    ) -> tuple[np.ndarray, list[str]]:
         """uint8 reference images [N, H, W, 3] and captions for distillation learners."""
         from cl_bench.errors import UserError
 
-        raise UserError(f"the {self.name} world provides no reference data for distillation learners")
+        raise UserError(
+            f"the {self.name} world provides no reference data for distillation learners"
+        )
 
     def describe(self) -> dict:
         """World parameters for the manifest (generator version, weights file hash...)."""

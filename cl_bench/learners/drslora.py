@@ -1,0 +1,150 @@
+"""drslora — CoDyRA: continual dynamic rank-selective LoRA, merged after every task.
+
+Paper: CoDyRA, "Continual Dynamic Rank-selective Adaptation for vision-language models"
+(Lu et al., 2024). Reference code: github.com/Artificer-AI-Lab/CoDyRA
+(``models/codyra.py`` train loop and proximal step, ``loralib/codyra.py`` adapter and merge,
+``runner_codyra.sh`` defaults: rank 16, all encoders, qkvoinout, lr 5e-4, 500 iterations,
+max_kappa 0.005, dense_iters 0.5).
+
+Per task: fresh adapters ΔW = B · diag(w) · A (A Kaiming-uniform, B = 0, w ~ N(0, 1), no α/r
+scaling) on q, k, v, out, fc, proj of both encoders; the contrastive loss; AdamW lr 5e-4,
+betas 0.9/0.9999, wd 0, cosine. The first `dense_fraction` of the steps train densely
+(0.5 task-agnostic X-TAIL, 0.7 MTIL); after every optimizer step of the sparse phase the
+proximal soft-threshold w ← sign(w) · max(|w| − κ, 0) runs, κ a staircase
+linspace(0, κ_max, 50) that advances every (sparse steps // 50) steps, so κ reaches κ_max at
+the end of the task. κ is the threshold itself, not multiplied by the lr. After the task,
+ranks with w = 0 are dropped (they contribute exactly nothing), the rest is merged in fp32,
+and the next task gets fresh adapters. Surviving ranks per task and matrix go to
+``ranks.parquet`` (the paper's rank-allocation plots).
+
+Budget scaling (PROTOCOL.md §5), derived at run time and written to the manifest:
+- rank r = max(2, round(16 · width / 768)) (16 at ViT-B/16's width, 3 at the toy's 128);
+- κ schedule "paper_total" (default on the toy world): the staircase is compressed onto the
+  run's sparse steps (level floor(j · 50 / S_run) at sparse step j, or
+  floor(j · 49 / (S_run − 1)) when S_run < 50, so it still ends at the top level) and scaled so that its
+  total Σκ equals the paper budget's: the official staircase over S_paper =
+  paper_iterations − round(dense_fraction · paper_iterations) sparse steps. With the
+  CoDyRA budget (500 iterations) Σκ = 0.625 (X-TAIL, S = 250) and 0.375 (5-shot MTIL,
+  S = 150); full-shot MTIL's 1000-iteration budget gives 0.75. When the run's iterations
+  equal the paper's, the scaled schedule is the official one exactly.
+- κ schedule "official" (default on the real world): the staircase as is, every
+  max(1, S_run // 50) steps.
+
+Deviations from the reference code:
+- The staircase starts at its first value (0) on the first sparse step and the threshold
+  runs from the first sparse step on. The reference increments its level index before the
+  first sparse step and thresholds only from step dense+1, and holds the last level one
+  extra interval: Σκ 0.650 (X-TAIL) / 0.385 (MTIL) instead of the 0.625 / 0.375 of the
+  staircase definition (PROTOCOL.md §4), about 4 % more shrinkage.
+- Adapter as weight parametrization and the text→image target: see `cl_bench.learners.lora`.
+- Pruned ranks are not physically sliced away before the merge; their w is exactly 0, so
+  B · diag(w) · A is the same matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from cl_bench.errors import UserError
+from cl_bench.learner import StepInfo, Task, register_learner
+from cl_bench.learners.lora import LoRA
+
+KappaSchedule = Literal["auto", "paper_total", "official"]
+
+
+@torch.no_grad()
+def soft_threshold_(w: torch.Tensor, kappa: float) -> None:
+    """Proximal step of κ‖w‖₁ in place: w ← sign(w) · max(|w| − κ, 0)."""
+    if kappa > 0:
+        w.copy_(torch.sign(w) * torch.clamp(w.abs() - kappa, min=0.0))
+
+
+def official_staircase(sparse_steps: int, kappa_max: float, levels: int = 50) -> np.ndarray:
+    """κ per sparse step: linspace(0, κ_max, levels), next value every sparse_steps // levels."""
+    values = np.linspace(0.0, kappa_max, levels)
+    interval = max(1, sparse_steps // levels)
+    idx = np.minimum(np.arange(sparse_steps) // interval, levels - 1)
+    return values[idx]
+
+
+def compressed_staircase(sparse_steps: int, kappa_max: float, levels: int = 50) -> np.ndarray:
+    """The staircase squeezed onto `sparse_steps` steps, from level 0 to the last level.
+
+    S >= levels: level floor(j · levels / S) (the official staircase when S is a multiple of
+    `levels`); S < levels: level floor(j · (levels − 1) / (S − 1)), so no step is wasted at
+    κ = 0 twice and the last step still reaches κ_max.
+    """
+    values = np.linspace(0.0, kappa_max, levels)
+    if sparse_steps == 1:
+        return values[-1:].copy()
+    j = np.arange(sparse_steps)
+    idx = j * levels // sparse_steps if sparse_steps >= levels else j * (levels - 1) // (sparse_steps - 1)
+    return values[np.minimum(idx, levels - 1)]
+
+
+def sparse_steps_of(iterations: int, dense_fraction: float) -> int:
+    return iterations - int(round(dense_fraction * iterations))
+
+
+def kappa_schedule(iterations: int, dense_fraction: float, kappa_max: float, levels: int, schedule: Literal["paper_total", "official"], paper_iterations: int) -> tuple[np.ndarray, dict[str, float]]:
+    """κ for every step of a task (0 in the dense phase) and the facts for the manifest."""
+    sparse = sparse_steps_of(iterations, dense_fraction)
+    kappas = np.zeros(iterations)
+    paper_total = float(official_staircase(sparse_steps_of(paper_iterations, dense_fraction), kappa_max, levels).sum())
+    if sparse > 0:
+        if schedule == "official":
+            kappas[iterations - sparse :] = official_staircase(sparse, kappa_max, levels)
+        else:
+            stairs = compressed_staircase(sparse, kappa_max, levels)
+            kappas[iterations - sparse :] = stairs * (paper_total / stairs.sum())
+    facts = {"dense_steps": iterations - sparse, "sparse_steps": sparse, "kappa_total": float(kappas.sum()), "kappa_total_paper": paper_total, "kappa_last": float(kappas[-1]) if iterations else 0.0}
+    return kappas, facts
+
+
+@register_learner("drslora")
+class DRSLoRA(LoRA):
+    description = "CoDyRA: LoRA with importance weights pruned by a proximal ℓ1 step, merged after each task"
+    variant = "importance"
+
+    @dataclass
+    class Config(LoRA.Config):
+        kappa_max: float = 0.005
+        kappa_levels: int = 50
+        kappa_schedule: KappaSchedule = "auto"  # auto: paper_total on the toy world, official on real
+        dense_fraction: float | None = None  # None: 0.5 task-agnostic (X-TAIL), 0.7 otherwise (MTIL)
+
+    def __init__(self, backbone, cfg, ctx) -> None:
+        super().__init__(backbone, cfg, ctx)
+        self.dense_fraction = cfg.dense_fraction if cfg.dense_fraction is not None else (0.5 if ctx.task_agnostic else 0.7)
+        if not 0.0 <= self.dense_fraction <= 1.0:
+            raise UserError(f"--set dense_fraction={cfg.dense_fraction}: must lie in [0, 1]")
+        if cfg.kappa_levels < 1 or cfg.kappa_max < 0:
+            raise UserError("--set kappa_levels must be >= 1 and kappa_max >= 0")
+        self.schedule_kind = cfg.kappa_schedule if cfg.kappa_schedule != "auto" else ("paper_total" if ctx.world == "toy" else "official")
+        ctx.note("drslora.dense_fraction", self.dense_fraction)
+        ctx.note("drslora.kappa_schedule", self.schedule_kind)
+        self.kappas = np.zeros(0)
+
+    def begin_task(self, task: Task) -> None:
+        super().begin_task(task)
+        self.kappas, facts = kappa_schedule(task.iterations, self.dense_fraction, self.cfg.kappa_max, self.cfg.kappa_levels, self.schedule_kind, self.ctx.paper_iterations)
+        self.ctx.note("drslora.kappa", facts)
+
+    def after_step(self, step: StepInfo) -> dict[str, Any]:
+        kappa = float(self.kappas[step.step]) if step.step < len(self.kappas) else 0.0
+        for w in self.adapter.importances():
+            soft_threshold_(w, kappa)
+        return {"kappa": kappa}
+
+    def before_merge(self, task: Task) -> None:
+        rows = [{"task": task.name, "encoder": a.site.encoder, "layer": a.site.layer, "kind": a.site.kind, "rank": a.block.rank, "surviving": a.block.surviving_ranks()} for a in self.adapter.attached]
+        self.ctx.record("ranks", rows)
+        surviving = sum(r["surviving"] for r in rows)
+        total = sum(r["rank"] for r in rows)
+        fractions = dict(self.ctx.derived.get("drslora.surviving_fraction_per_task", {}))
+        fractions[task.name] = round(surviving / total, 4)
+        self.ctx.note("drslora.surviving_fraction_per_task", fractions)

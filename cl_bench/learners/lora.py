@@ -1,0 +1,135 @@
+"""Plain LoRA, merged into the backbone after every task — CoDyRA's ablation without
+importance weights, and the base class of `drslora` and `gated_lora`.
+
+Paper: CoDyRA, "Continual Dynamic Rank-selective Adaptation for vision-language models"
+(Lu et al., 2024), ablation "LoRA" (fixed rank, no importance weights).
+Reference code: github.com/Artificer-AI-Lab/CoDyRA (``models/codyra.py``, ``loralib/codyra.py``).
+
+What it does, per task: attach fresh rank-r adapters ΔW = B A (A Kaiming-uniform, B = 0,
+no α/r scaling) to attention q, k, v, out and MLP fc, proj of both encoders (configurable);
+train them alone with the contrastive loss of `cl_bench.losses` (image→text over the task's
+prompts + text→image) with AdamW (lr 5e-4, betas 0.9/0.9999, wd 0, cosine; the reference
+code's defaults); at the end of the task write ΔW into the base weights in fp32 and remove
+the adapter. Inference cost is the plain model's.
+
+Toy budgets (PROTOCOL.md §5): the rank scales with the model width,
+r = max(2, round(r_paper · width / 768)), derived at run time and noted in the manifest.
+
+Deviations from the reference code:
+- The adapter is a weight parametrization on the packed ``in_proj_weight`` (q/k/v slices),
+  ``out_proj.weight`` and the MLP weights; the reference replaces MultiheadAttention by an
+  unfused copy. Same function, same parameter count.
+- text→image loss: `cl_bench.losses.contrastive_loss` spreads the target of a class that
+  occurs several times in the batch uniformly over its images (PROTOCOL.md §2); the
+  reference code uses the unnormalised 0/1 mask as soft target.
+- `logit_scale` stays frozen (the reference code trains only adapter parameters too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from cl_bench.errors import UserError
+from cl_bench.learner import Batch, Learner, StepInfo, Task, register_learner
+from cl_bench.losses import clip_logits, contrastive_loss
+from cl_bench.models.lora import ENCODERS, MATRIX_KINDS, LoRAAdapter, Variant, find_sites
+from cl_bench.optim import adamw_warmup_cosine
+
+REFERENCE_WIDTH = 768  # ViT-B/16's width, at which the paper's ranks are given
+
+
+def scaled_rank(paper_rank: int, model_width: int, reference_width: int = REFERENCE_WIDTH) -> int:
+    """r = max(2, round(r_paper · d / 768)) (PROTOCOL.md §5); 16 stays 16 at width 768."""
+    return max(2, round(paper_rank * model_width / reference_width))
+
+
+@register_learner("lora")
+class LoRA(Learner):
+    description = "Plain LoRA on q,k,v,out,fc,proj of both encoders, merged after each task"
+    variant: ClassVar[Variant] = "lora"
+
+    @dataclass
+    class Config:
+        rank: int = 16  # at width 768; scaled with the model width at run time
+        scale_rank_with_width: bool = True  # PROTOCOL.md §5; False uses `rank` as given
+        encoders: tuple[str, ...] = ENCODERS
+        kinds: tuple[str, ...] = MATRIX_KINDS
+        lr: float = 5e-4
+        beta1: float = 0.9
+        beta2: float = 0.9999
+        weight_decay: float = 0.0
+        warmup_fraction: float = 0.0  # reference code: --warmup_length 0
+        label_smoothing: float = 0.0  # reference code: --ls 0
+
+    def __init__(self, backbone, cfg, ctx) -> None:
+        super().__init__(backbone, cfg, ctx)
+        self.adapter: LoRAAdapter | None = None
+        self.rank = scaled_rank(cfg.rank, ctx.model_width) if cfg.scale_rank_with_width else cfg.rank
+        if self.rank < 1:
+            raise UserError(f"--set rank={cfg.rank} gives LoRA rank {self.rank}; use rank >= 1")
+        self.sites = find_sites(self.model, cfg.encoders, cfg.kinds)  # validates the targets
+        self.trainable_per_task: list[int] = []
+        ctx.note(f"{self.name}.rank", self.rank)
+        ctx.note(f"{self.name}.adapted_matrices", len(self.sites))
+
+    # -- hooks a subclass extends -------------------------------------------------------
+    def make_adapter(self) -> LoRAAdapter:
+        return LoRAAdapter(self.model, find_sites(self.model, self.cfg.encoders, self.cfg.kinds), self.rank, self.variant)
+
+    def param_groups(self, task: Task) -> list[dict[str, Any]]:
+        return [{"params": list(self.adapter.parameters())}]
+
+    def extra_loss(self) -> tuple[torch.Tensor | None, dict[str, Any]]:
+        """A regulariser added to the task loss (gated_lora's score penalty)."""
+        return None, {}
+
+    def after_step(self, step: StepInfo) -> dict[str, Any]:
+        """Runs after each optimizer step (drslora's proximal soft-threshold)."""
+        return {}
+
+    def before_merge(self, task: Task) -> None:
+        """Records what the adapter kept, before it is merged away."""
+
+    # -- Learner API ---------------------------------------------------------------------
+    def begin_task(self, task: Task) -> None:
+        self.model.requires_grad_(False)
+        self.adapter = self.make_adapter()
+        self.optimizer, self.scheduler = adamw_warmup_cosine(self.param_groups(task), self.cfg.lr, self.cfg.weight_decay, task.iterations, self.cfg.warmup_fraction, betas=(self.cfg.beta1, self.cfg.beta2))
+        count = self.adapter.parameter_count()
+        self.trainable_per_task.append(count)
+        self.ctx.note(f"{self.name}.trainable_parameters_per_task", list(self.trainable_per_task))
+
+    def train_step(self, batch: Batch, step: StepInfo) -> dict[str, float]:
+        logits = clip_logits(self.model, batch.images, batch.text_tokens)
+        loss = contrastive_loss(logits, batch.labels, self.cfg.label_smoothing)
+        extra, scalars = self.extra_loss()
+        total = loss if extra is None else loss + extra
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        scalars.update(self.after_step(step))
+        return {"loss": loss.detach(), **scalars}
+
+    def end_task(self, task: Task) -> None:
+        if self.adapter is None:
+            raise RuntimeError("end_task without begin_task")
+        self.before_merge(task)
+        self.adapter.merge()
+        self.adapter = None
+        self.optimizer = self.scheduler = None
+
+    def trainable_parameter_count(self) -> int:
+        return self.adapter.parameter_count() if self.adapter is not None else 0
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.adapter is not None:
+            raise RuntimeError(f"{self.name}: state_dict mid-task is not supported; checkpoints are taken after end_task merged the adapter")
+        return {"model": self.model.state_dict(), "trainable_per_task": list(self.trainable_per_task)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.trainable_per_task = list(state.get("trainable_per_task", []))
