@@ -35,7 +35,13 @@ class Finetune(Learner):
         self.model.logit_scale.requires_grad_(False)
         lr = self.cfg.lr if self.cfg.lr is not None else self.ctx.full_finetune_lr
         self.ctx.note("lr", lr)
-        self.optimizer, self.scheduler = adamw_warmup_cosine(self.trainable_parameters(), lr, self.cfg.weight_decay, task.iterations, self.cfg.warmup_fraction)
+        self.optimizer, self.scheduler = adamw_warmup_cosine(
+            self.trainable_parameters(),
+            lr,
+            self.cfg.weight_decay,
+            task.iterations,
+            self.cfg.warmup_fraction,
+        )
 
     def task_loss(self, batch: Batch) -> tuple:
         logits = clip_logits(self.model, batch.images, batch.text_tokens)

@@ -10,7 +10,21 @@ from cl_bench.errors import UserError
 from cl_bench.models.backbone import Backbone
 from cl_bench.models.tiny import random_tiny_clip
 
-NAMES = ["aircraft", "caltech101", "cifar100", "dtd", "eurosat", "flowers102", "food101", "mnist", "oxford_pets", "stanford_cars", "sun397", "places365", "imagenet"]
+NAMES = [
+    "aircraft",
+    "caltech101",
+    "cifar100",
+    "dtd",
+    "eurosat",
+    "flowers102",
+    "food101",
+    "mnist",
+    "oxford_pets",
+    "stanford_cars",
+    "sun397",
+    "places365",
+    "imagenet",
+]
 
 
 class FakeWorld(DataWorld):
@@ -29,9 +43,16 @@ class FakeWorld(DataWorld):
         if name not in NAMES:
             raise UserError(f"unknown dataset {name!r}")
         k = 3 + NAMES.index(name) % 2
-        return DatasetInfo(name, tuple(f"{name} class {i}" for i in range(k)), ("a photo of a {}.", "an image of a {}."), "fake")
+        return DatasetInfo(
+            name,
+            tuple(f"{name} class {i}" for i in range(k)),
+            ("a photo of a {}.", "an image of a {}."),
+            "fake",
+        )
 
-    def load_split(self, name: str, split: str, shots: int | None, split_seed: int, image_size: int) -> ImageSet:
+    def load_split(
+        self, name: str, split: str, shots: int | None, split_seed: int, image_size: int
+    ) -> ImageSet:
         info = self.dataset_info(name)
         per = self.train_per_class if split == "train" else self.test_per_class
         if shots and split == "train":
@@ -41,11 +62,15 @@ class FakeWorld(DataWorld):
         base = rng.integers(0, 255, size=(info.num_classes, 1, 1, 3))
         noise = rng.integers(-40, 40, size=(labels.size, image_size, image_size, 3))
         images = np.clip(base[labels] + noise, 0, 255).astype(np.uint8)
-        return ImageSet(images, labels, hash_ids([f"{split}{i}" for i in range(labels.size)], labels))
+        return ImageSet(
+            images, labels, hash_ids([f"{split}{i}" for i in range(labels.size)], labels)
+        )
 
     def backbone(self, device: torch.device) -> Backbone:
         return random_tiny_clip(seed=0, device=device)
 
     def reference_data(self, num_images, num_captions, seed, image_size):
         rng = np.random.default_rng(seed)
-        return rng.integers(0, 255, size=(num_images, image_size, image_size, 3), dtype=np.uint8), [f"a photo of thing {i}." for i in range(num_captions)]
+        return rng.integers(0, 255, size=(num_images, image_size, image_size, 3), dtype=np.uint8), [
+            f"a photo of thing {i}." for i in range(num_captions)
+        ]
