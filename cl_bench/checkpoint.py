@@ -1,9 +1,11 @@
 """Task-boundary checkpoints: learner state (safetensors), RNG states and the stream cursor.
 
-Layout: `checkpoint/tensors.safetensors` (every tensor of the learner's state, flattened by
-key path) + `checkpoint/meta.json` (the rest of the state, RNG states, completed tasks).
-Both are written atomically; meta.json is written last and names the tensors file's hash,
-so a half-updated pair is detected instead of loaded.
+Layout: `checkpoint/tensors-<completed tasks>.safetensors` (every tensor of the learner's
+state, flattened by key path) + `checkpoint/meta.json` (the rest of the state, RNG states,
+completed tasks, the tensors file's name and sha256). Both are written atomically, the
+tensors under a new name first and meta.json last; only then is the previous tensors file
+removed. A kill at any moment therefore leaves the last good pair loadable, and a damaged
+tensors file is detected by its hash instead of loaded.
 """
 
 from __future__ import annotations
@@ -96,16 +98,23 @@ def save_checkpoint(
     structure = _flatten(learner_state, "", tensors)
     # safetensors refuses shared storage; clone to be safe about views.
     tensors = {k: v.clone() for k, v in tensors.items()}
-    atomic_write(ckpt / TENSORS_FILE, lambda tmp: save_file(tensors, str(tmp)))
-    digest = hashlib.sha256((ckpt / TENSORS_FILE).read_bytes()).hexdigest()
+    # A new name per checkpoint: the pair (meta.json, its tensors file) stays loadable until
+    # the new meta.json has replaced the old one (keep the last good checkpoint).
+    tensors_name = f"tensors-{completed_tasks:03d}.safetensors"
+    atomic_write(ckpt / tensors_name, lambda tmp: save_file(tensors, str(tmp)))
+    digest = hashlib.sha256((ckpt / tensors_name).read_bytes()).hexdigest()
     meta = {
         "completed_tasks": completed_tasks,
         "config_hash": config_hash,
+        "tensors_file": tensors_name,
         "tensors_sha256": digest,
         "structure": structure,
         "rng": rng_state(),
     }
     atomic_write(ckpt / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta)))
+    for stale in ckpt.glob("tensors*.safetensors"):
+        if stale.name != tensors_name:
+            stale.unlink(missing_ok=True)
 
 
 def load_checkpoint(run_dir: Path) -> tuple[dict[str, Any], int, str, dict[str, str]]:
@@ -113,27 +122,38 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, Any], int, str, dict[str, 
     from safetensors.torch import load_file
 
     ckpt = run_dir / CHECKPOINT_DIR
-    meta_path, tensors_path = ckpt / META_FILE, ckpt / TENSORS_FILE
+    meta_path = ckpt / META_FILE
     if not meta_path.is_file():
         raise UserError(
             f"{run_dir} has no checkpoint to resume from; run without --resume (and a new --out)"
         )
     try:
         meta = json.loads(meta_path.read_text())
-        data = tensors_path.read_bytes()
-    except (json.JSONDecodeError, OSError) as exc:
+        missing = {"completed_tasks", "config_hash", "tensors_sha256", "structure", "rng"} - set(
+            meta
+        )
+        if missing:
+            raise ValueError(f"missing keys {sorted(missing)}")
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as exc:
         raise UserError(
-            f"checkpoint {meta_path} is corrupt ({type(exc).__name__}); delete {ckpt} and start the run again"
+            f"checkpoint {meta_path} is corrupt ({type(exc).__name__}: {exc}); delete {ckpt} and resume to start over"
+        ) from None
+    tensors_path = ckpt / meta.get("tensors_file", TENSORS_FILE)
+    try:
+        data = tensors_path.read_bytes()
+    except OSError as exc:
+        raise UserError(
+            f"checkpoint {tensors_path} cannot be read ({exc.strerror}); delete {ckpt} and resume to start over"
         ) from None
     if hashlib.sha256(data).hexdigest() != meta.get("tensors_sha256"):
         raise UserError(
-            f"checkpoint {tensors_path} is corrupt or truncated (hash mismatch); delete {ckpt} and start the run again"
+            f"checkpoint {tensors_path} is corrupt or truncated (hash mismatch); delete {ckpt} and resume to start over"
         )
     try:
         tensors = load_file(str(tensors_path))
     except Exception as exc:
         raise UserError(
-            f"checkpoint {tensors_path} cannot be read ({type(exc).__name__}); delete {ckpt} and start again"
+            f"checkpoint {tensors_path} cannot be read ({type(exc).__name__}); delete {ckpt} and resume to start over"
         ) from None
     return (
         _unflatten(meta["structure"], tensors),

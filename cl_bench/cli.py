@@ -111,6 +111,9 @@ def run(
     max_tasks: Annotated[
         int | None, typer.Option(help="Only the first N tasks of the stream (quick looks).")
     ] = None,
+    precision: Annotated[
+        str, typer.Option(help="fp32, bf16 or fp16 (autocast, fp32 master weights; fp16 CUDA only).")
+    ] = "fp32",
 ) -> None:
     """Stream a setting's tasks through a learner; write accuracy/summary parquet + manifest."""
     from cl_bench.config import RunConfig, load_config_file
@@ -121,6 +124,7 @@ def run(
         "iterations": iterations, "batch_size": batch_size, "seed": seed, "out": out, "resume": resume,
         "force": force, "device": device, "model": model, "pretrained": pretrained, "data_root": data_root,
         "eval_limit": eval_limit, "max_tasks": max_tasks,
+        "precision": precision,
     }  # fmt: skip
     for key, value in flags.items():  # flags given on the command line beat the file
         source = ctx.get_parameter_source(key)
@@ -198,14 +202,23 @@ def leaderboard(
         list[Path] | None, typer.Argument(help="Run directories or folders containing them.")
     ] = None,
     setting: Annotated[str | None, typer.Option(help="Only runs of this setting.")] = None,
-    metric: Annotated[str, typer.Option(help="transfer, average, last or all.")] = "all",
-    per_dataset: Annotated[bool, typer.Option(help="One column per dataset.")] = False,
+    metric: Annotated[
+        str, typer.Option(help="transfer, average, last or all (adds gain, forgetting).")
+    ] = "all",
+    per_dataset: Annotated[
+        bool, typer.Option(help="One block per metric, one column per dataset.")
+    ] = False,
     fmt: Annotated[
         str, typer.Option("--format", help="markdown, latex, csv or html.")
     ] = "markdown",
     out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    world: Annotated[str | None, typer.Option(help="Only runs of this data world.")] = None,
+    order: Annotated[str | None, typer.Option(help="Only runs of this task order.")] = None,
+    shots: Annotated[
+        int | None, typer.Option(help="Only runs with this many shots (0 = full).")
+    ] = None,
 ) -> None:
-    """Paper-style tables from many runs (mean ± std over seeds)."""
+    """Paper-style tables from many runs (mean ± std over seeds, best marked, hold-out, cost)."""
     from cl_bench.leaderboard import render_leaderboard
 
     text, skipped = render_leaderboard(
@@ -214,6 +227,9 @@ def leaderboard(
         metric=metric,
         per_dataset=per_dataset,
         fmt=fmt,
+        world=world,
+        order=order,
+        shots=shots,
     )
     for run_dir, reason in skipped:
         print(f"skipped {run_dir}: {reason}", file=sys.stderr)
@@ -222,6 +238,139 @@ def leaderboard(
         out.write_text(text)
     else:
         sys.stdout.write(text)
+
+
+@app.command()
+def sweep(
+    learners: Annotated[
+        str, typer.Option(help="Comma-separated learner names, or 'all' (every registered one).")
+    ],
+    setting: Annotated[str, typer.Option(help="Protocol: xtail or mtil.")] = "xtail",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
+    world: Annotated[str, typer.Option(help="Data world: toy or real.")] = "toy",
+    order: Annotated[str | None, typer.Option(help="Task order (MTIL: I or II).")] = None,
+    shots: Annotated[
+        int | None, typer.Option(help="Images per class for training (0 = all).")
+    ] = None,
+    iterations: Annotated[
+        int | None, typer.Option(help="Override the per-task iteration count.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Override the training batch size.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Learner hyperparameter KEY=VALUE for every learner."),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="Folder that receives one run directory per (learner, seed).")
+    ] = Path("results/runs"),
+    jobs: Annotated[int, typer.Option(help="Runs in parallel (local processes).")] = 1,
+    executor: Annotated[str, typer.Option(help="Where runs execute: local.")] = "local",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    eval_limit: Annotated[
+        int | None, typer.Option(help="At most N test images per dataset (quick looks).")
+    ] = None,
+    max_tasks: Annotated[
+        int | None, typer.Option(help="Only the first N tasks of the stream (quick looks).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print what would run, resume or be skipped; run nothing.")
+    ] = False,
+) -> None:
+    """Run a learner x seed grid; finished runs are skipped, interrupted ones resumed."""
+    from cl_bench.config import RunConfig
+    from cl_bench.sweep import (
+        GridView,
+        check_states,
+        expand_learners,
+        make_executor,
+        parse_seeds,
+        plan_jobs,
+        run_sweep,
+    )
+
+    names, seed_list = expand_learners(learners), parse_seeds(seeds)
+    base = RunConfig(
+        setting=setting, world=world, order=order, shots=shots, iterations=iterations,
+        batch_size=batch_size, overrides=_parse_sets(set_ or []), device=device,
+        eval_limit=eval_limit, max_tasks=max_tasks,
+    )  # fmt: skip
+    base.validate()
+    runner = make_executor(executor, jobs)
+    plan = plan_jobs(base, names, seed_list, out)
+    if dry_run:
+        for job in plan:
+            print(f"{job.action:7s} {job.learner} seed {job.seed} -> {job.run_dir}")
+        return
+    with GridView(names, seed_list) as view:
+        states = run_sweep(plan, runner, view)
+    check_states(states)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="One run directory.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the PNGs (default RUN_DIR/plots).")
+    ] = None,
+) -> None:
+    """PNG plots of one run: accuracy matrix, accuracy across the stream, training curves,
+    drslora rank allocation, gated_lora active blocks."""
+    from cl_bench.report import report_run
+
+    for path in report_run(run_dir, out):
+        print(path)
+
+
+@app.command()
+def compare(
+    dirs: Annotated[list[Path], typer.Argument(help="Run directories or folders containing them.")],
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("compare.png"),
+    setting: Annotated[str | None, typer.Option(help="Only runs of this setting.")] = None,
+    world: Annotated[str | None, typer.Option(help="Only runs of this data world.")] = None,
+    order: Annotated[str | None, typer.Option(help="Only runs of this task order.")] = None,
+    shots: Annotated[int | None, typer.Option(help="Only runs with this many shots.")] = None,
+) -> None:
+    """Learners side by side: Transfer / Average / Last bars (mean ± std over seeds)."""
+    from cl_bench.report import compare_runs
+
+    filters = {"setting": setting, "world": world, "order": order, "shots": shots}
+    path, skipped = compare_runs(dirs, out, filters)
+    for run_dir, reason in skipped:
+        print(f"skipped {run_dir}: {reason}", file=sys.stderr)
+    print(path)
+
+
+@app.command()
+def bench(
+    setting: Annotated[str, typer.Option(help="Protocol: xtail or mtil.")] = "xtail",
+    learner: Annotated[str, typer.Option(help="Learner to measure.")] = "drslora",
+    world: Annotated[str, typer.Option(help="Data world: toy or real.")] = "toy",
+    steps: Annotated[int, typer.Option(help="Training steps per measurement.")] = 40,
+    repeats: Annotated[int, typer.Option(help="Engine/bare pairs; the median ratio is reported.")] = 3,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
+    eval_limit: Annotated[
+        int | None, typer.Option(help="At most N test images per dataset.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Learner hyperparameter KEY=VALUE.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Harness overhead: engine vs bare training steps and evaluation (ratios, rates, memory)."""
+    from cl_bench.bench import format_result, run_bench
+
+    result = run_bench(
+        setting=setting, learner=learner, world=world, steps=steps, repeats=repeats,
+        device=device, precision=precision, eval_limit=eval_limit,
+        overrides=_parse_sets(set_ or []),
+    )  # fmt: skip
+    if as_json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(format_result(result))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ class RunConfig:
     eval_limit: int | None = None  # at most this many test images per dataset (quick looks, tests)
     max_tasks: int | None = None  # only the first N tasks of the stream (quick looks, tests)
     log_every: int = 10
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast compute dtype (cl_bench.precision)
 
     def validate(self) -> None:
         if self.world not in WORLDS:
@@ -57,6 +59,9 @@ class RunConfig:
                 raise UserError(f"{flag} must be a positive integer, got {value}")
         if self.seed < 0:
             raise UserError(f"--seed must be >= 0, got {self.seed}")
+        from cl_bench.precision import check_precision
+
+        check_precision(self.precision, self.device)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,5 +90,32 @@ def load_config_file(path: Path) -> dict[str, Any]:
         )
     if not isinstance(overrides, dict):
         raise UserError(f"{path}: 'set' must be a table of learner hyperparameters")
-    raw["overrides"] = {k: str(v) for k, v in overrides.items()}
+    hints = typing.get_type_hints(RunConfig)
+    for key, value in raw.items():
+        _check_type(path, key, value, hints[key])
+    raw["overrides"] = {k: _override_text(v) for k, v in overrides.items()}
     return raw
+
+
+def _check_type(path: Path, key: str, value: Any, hint: Any) -> None:
+    """TOML values arrive typed; a wrong type is an error here, not a crash later."""
+    allowed = tuple(a for a in typing.get_args(hint) if a is not type(None)) or (hint,)
+    if value is None or (isinstance(value, allowed) and not _is_bool_for_int(value, allowed)):
+        return
+    expected = " or ".join(a.__name__ for a in allowed)
+    raise UserError(
+        f"{path}: {key} must be {expected}, got {type(value).__name__} {value!r}; fix the value"
+    )
+
+
+def _is_bool_for_int(value: Any, allowed: tuple[type, ...]) -> bool:
+    return isinstance(value, bool) and bool not in allowed
+
+
+def _override_text(value: Any) -> str:
+    """A [set] value in the --set text form (lists -> comma-separated, booleans -> true/false)."""
+    if isinstance(value, list):
+        return ",".join(_override_text(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -25,16 +25,20 @@ from cl_bench.config import RunConfig
 from cl_bench.context import RunContext
 from cl_bench.data.world import DataWorld, ImageSet
 from cl_bench.errors import RunFailed, UserError
-from cl_bench.evaluation import EvalResult, evaluate_all
+from cl_bench.evaluation import EvalCache, EvalResult, evaluate_all
 from cl_bench.learner import Batch, Learner, StepInfo, Task, build_config, config_dict, get_learner
+from cl_bench.precision import autocast
 from cl_bench.provenance import peak_rss_mb, versions
 from cl_bench.results import (
     ACCURACY_COLUMNS,
     ACCURACY_FILE,
     MANIFEST_FILE,
     SUMMARY_FILE,
+    TRAIN_LOG_FILE,
+    lock_run_dir,
     read_manifest,
     read_parquet,
+    remove_temp_files,
     summarize,
     write_json,
     write_parquet,
@@ -131,22 +135,29 @@ class Engine:
             self.setting = _truncate(self.setting, cfg.max_tasks)
         self.learner_cls: type[Learner] = get_learner(cfg.learner)
         self.learner_cfg = build_config(self.learner_cls, cfg.overrides)
-        self.world: DataWorld = world if world is not None else get_world(cfg)
+        # The run dir is checked before the world is built: refusing costs no data loading.
+        world_name = world.name if world is not None else cfg.world
         self.run_dir = (
             Path(cfg.out)
             if cfg.out
-            else default_run_dir(cfg, self.setting, self.learner_cls.name, self.world.name)
+            else default_run_dir(cfg, self.setting, self.learner_cls.name, world_name)
         )
-        self.run_id = run_id_of(cfg, self.setting, self.learner_cls.name, self.world.name)
+        self.run_id = run_id_of(cfg, self.setting, self.learner_cls.name, world_name)
         self._check_run_dir()
+        self.world: DataWorld = world if world is not None else get_world(cfg)
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise UserError("--device cuda but no CUDA device is available; use --device cpu")
         self.device = torch.device(cfg.device)
+        self.eval_cache = EvalCache()  # text classifiers / image features across evaluations
         missing = self.world.check(list(self.setting.eval_datasets))
         if missing:
             raise UserError(f"the {cfg.world} world is not ready: " + " | ".join(missing))
 
     def _check_run_dir(self) -> None:
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise UserError(
+                f"--out {self.run_dir} is a file, not a directory; choose another --out"
+            )
         manifest_path = self.run_dir / MANIFEST_FILE
         if not manifest_path.exists():
             if self.cfg.resume:
@@ -160,6 +171,7 @@ class Engine:
                 raise UserError(
                     f"{self.run_dir} is already finished; nothing to resume (use --force to run it again)"
                 )
+            self._check_resume_config(read_manifest(self.run_dir).get("config_hash", ""))
             return
         if self.cfg.force:
             return
@@ -174,41 +186,26 @@ class Engine:
 
     # ---------------------------------------------------------------------------------
     def run(self) -> RunOutcome:
+        with lock_run_dir(self.run_dir):
+            return self._run()
+
+    def _run(self) -> RunOutcome:
         cfg, setting = self.cfg, self.setting
         started = time.time()
+        remove_temp_files(self.run_dir)
         resuming = (
             self.cfg.resume and (self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.META_FILE).exists()
         )
         if self.cfg.force and not self.cfg.resume:
-            for stale in (ACCURACY_FILE, SUMMARY_FILE):
-                (self.run_dir / stale).unlink(missing_ok=True)
+            self._clear_outputs()
         seed_everything(cfg.seed)
         backbone = self.world.backbone(self.device)
         self.backbone = backbone
         base_params = sum(p.numel() for p in backbone.model.parameters())
         infos = {name: self.world.dataset_info(name) for name in setting.eval_datasets}
         self.reporter.message(f"loading {len(infos)} test sets")
-        test_sets = {
-            n: subsample(
-                self.world.load_split(n, "test", None, setting.split_seed, backbone.image_size),
-                cfg.eval_limit,
-                setting.split_seed,
-            )
-            for n in setting.eval_datasets
-        }
-        ctx = RunContext(
-            device=self.device,
-            seed=cfg.seed,
-            setting=setting.name,
-            task_agnostic=setting.task_agnostic,
-            world=cfg.world,
-            num_tasks=len(setting.datasets),
-            paper_iterations=setting.paper_iterations,
-            full_finetune_lr=setting.full_finetune_lr,
-            model_width=backbone.width,
-            tokenize=lambda texts: backbone.tokenizer(texts).to(self.device),
-            _reference=self._reference_provider(backbone),
-        )
+        test_sets = self._load_test_sets(backbone)
+        ctx = self._make_context(backbone)
         learner = self.learner_cls(backbone, self.learner_cfg, ctx)
         self.learner = learner
 
@@ -221,10 +218,10 @@ class Engine:
             self._check_resume_config(config_hash)
             learner.load_state_dict(state)
             ckpt.set_rng_state(rng)
-            old = read_parquet(self.run_dir / ACCURACY_FILE)
-            rows = old[old["after_task"] <= start_task].to_dict("records")
+            rows = self._completed_rows(start_task)
             old_manifest = read_manifest(self.run_dir)
-            previous_tasks = old_manifest.get("tasks", [])[:start_task]
+            # Entries of tasks after the checkpoint (written before a kill) are dropped.
+            previous_tasks = [t for t in old_manifest.get("tasks", []) if t["task"] <= start_task]
             previous_splits = old_manifest.get("splits", {})
             ctx.derived.update(old_manifest.get("derived", {}))
             for table in old_manifest.get("record_tables", []):
@@ -291,6 +288,34 @@ class Engine:
             write_json(manifest, self.run_dir / MANIFEST_FILE)
             raise
 
+    def _load_test_sets(self, backbone) -> dict[str, ImageSet]:
+        """Every eval dataset's test split, loaded once per run and kept for every evaluation."""
+        setting, cfg = self.setting, self.cfg
+        return {
+            n: subsample(
+                self.world.load_split(n, "test", None, setting.split_seed, backbone.image_size),
+                cfg.eval_limit,
+                setting.split_seed,
+            )
+            for n in setting.eval_datasets
+        }
+
+    def _make_context(self, backbone) -> RunContext:
+        setting, cfg = self.setting, self.cfg
+        return RunContext(
+            device=self.device,
+            seed=cfg.seed,
+            setting=setting.name,
+            task_agnostic=setting.task_agnostic,
+            world=cfg.world,
+            num_tasks=len(setting.datasets),
+            paper_iterations=setting.paper_iterations,
+            full_finetune_lr=setting.full_finetune_lr,
+            model_width=backbone.width,
+            tokenize=lambda texts: backbone.tokenizer(texts).to(self.device),
+            _reference=self._reference_provider(backbone),
+        )
+
     def _reference_provider(self, backbone):
         def provide(num_images: int, num_captions: int):
             images, captions = self.world.reference_data(
@@ -301,6 +326,30 @@ class Engine:
             ), captions
 
         return provide
+
+    def _clear_outputs(self) -> None:
+        """--force without --resume: remove the old run's outputs so none can leak into this one."""
+        import shutil
+
+        tables = []
+        if (self.run_dir / MANIFEST_FILE).exists():
+            tables = read_manifest(self.run_dir).get("record_tables", [])
+        names = [ACCURACY_FILE, SUMMARY_FILE, TRAIN_LOG_FILE] + [f"{t}.parquet" for t in tables]
+        for name in names:
+            (self.run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(self.run_dir / ckpt.CHECKPOINT_DIR, ignore_errors=True)
+
+    def _completed_rows(self, completed_tasks: int) -> list[dict[str, Any]]:
+        """accuracy.parquet rows of row 0 .. the checkpoint's task; later rows are re-made."""
+        path = self.run_dir / ACCURACY_FILE
+        old = read_parquet(path)
+        old = old[old["after_task"] <= completed_tasks]
+        missing = sorted(set(range(completed_tasks + 1)) - set(old["after_task"].tolist()))
+        if missing:
+            raise UserError(
+                f"{path} lacks the rows after task(s) {missing} that the checkpoint says are done; start the run again with --force"
+            )
+        return old.to_dict("records")
 
     def _check_resume_config(self, saved_hash: str) -> None:
         if saved_hash == self.cfg.hash() or self.cfg.force:
@@ -346,8 +395,6 @@ class Engine:
         rows = self._evaluate(learner, backbone, infos, test_sets, t + 1, name)
         eval_s = time.time() - eval_start
         self._write_task_outputs(rows, ctx, train_log, t)
-        state = learner.state_dict()
-        ckpt.save_checkpoint(self.run_dir, state, t + 1, cfg.hash())
         self.manifest["tasks"].append(
             {
                 "task": t + 1,
@@ -365,6 +412,8 @@ class Engine:
         self.manifest["derived"] = ctx.derived
         self.manifest["record_tables"] = sorted(ctx.records)
         write_json(self.manifest, self.run_dir / MANIFEST_FILE)
+        # Last: the checkpoint marks the task complete once everything above is on disk.
+        ckpt.save_checkpoint(self.run_dir, learner.state_dict(), t + 1, cfg.hash())
         return rows
 
     def _train(
@@ -385,15 +434,18 @@ class Engine:
         learner.model.train()
         for step in range(setting.iterations):
             idx = stream.next_indices()
-            images = backbone.normalize(
-                torch.from_numpy(np.ascontiguousarray(train.images[idx])).to(self.device)
-            )
-            labels = torch.from_numpy(np.asarray(train.labels[idx], dtype=np.int64)).to(self.device)
-            scalars = learner.train_step(
-                Batch(images, labels, task.text_tokens, t),
-                StepInfo(step, setting.iterations, t, len(setting.datasets)),
-            )
-            pending.append((step, scalars or {}))
+            images = backbone.normalize(_to_device(train.images[idx], self.device))
+            labels = _to_device(np.asarray(train.labels[idx], dtype=np.int64), self.device)
+            with autocast(self.device, cfg.precision):  # fp32 master weights, see precision.py
+                scalars = learner.train_step(
+                    Batch(images, labels, task.text_tokens, t),
+                    StepInfo(step, setting.iterations, t, len(setting.datasets)),
+                )
+            if not isinstance(scalars, dict):
+                raise UserError(
+                    f"{type(learner).__qualname__}.train_step returned a {type(scalars).__name__}; return a dict of scalars, e.g. {{'loss': loss.detach()}}"
+                )
+            pending.append((step, scalars))
             if (step + 1) % cfg.log_every == 0 or step + 1 == setting.iterations:
                 self._flush_scalars(t, task.name, pending, log)
                 pending = []
@@ -408,7 +460,7 @@ class Engine:
     ) -> None:
         """Host-sync the logged scalars every `log_every` steps; stop on a non-finite one."""
         for step, scalars in pending:
-            values = {k: float(v) for k, v in scalars.items()}
+            values = {k: _as_float(k, v, t, step) for k, v in scalars.items()}
             bad = {k: v for k, v in values.items() if not math.isfinite(v)}
             if bad:
                 key, value = next(iter(bad.items()))
@@ -416,7 +468,8 @@ class Engine:
                     f"non-finite {key} ({value}) at task {t + 1} ({name}), step {step + 1}; results of completed tasks are kept in {self.run_dir}"
                 )
         step, scalars = pending[-1]
-        entry = {"task": t + 1, "step": step + 1, **{k: float(v) for k, v in scalars.items()}}
+        floats = {k: _as_float(k, v, t, step) for k, v in scalars.items()}
+        entry = {"task": t + 1, "step": step + 1, **floats}
         log.append(entry)
         self.reporter.advance(0, entry)
 
@@ -437,6 +490,8 @@ class Engine:
             self.cfg.eval_batch_size,
             self.device,
             on_batch=lambda n: self.reporter.advance(n),
+            cache=self.eval_cache,
+            precision=self.cfg.precision,
         )
         return [self._row(r, after_task, after_name) for r in results]
 
@@ -470,11 +525,29 @@ class Engine:
         for table, table_rows in ctx.records.items():
             write_parquet(pd.DataFrame(table_rows), self.run_dir / f"{table}.parquet")
         if train_log:
-            path = self.run_dir / "train_log.parquet"
+            path = self.run_dir / TRAIN_LOG_FILE
             old = read_parquet(path) if path.exists() else pd.DataFrame()
             if not old.empty:
                 old = old[old["task"] <= t]
             write_parquet(pd.concat([old, pd.DataFrame(train_log)], ignore_index=True), path)
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host batch on `device`: pinned + non-blocking on CUDA (no host sync per step)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
+
+
+def _as_float(key: str, value: Any, t: int, step: int) -> float:
+    """A logged scalar as a float; anything else is a learner bug, named with where it happened."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise UserError(
+            f"train_step's scalar {key!r} at task {t + 1}, step {step + 1} is a {type(value).__name__}, not a number; return plain floats or 0-dim tensors"
+        ) from None
 
 
 def _truncate(setting: Setting, max_tasks: int) -> Setting:

@@ -1,14 +1,23 @@
 """Zero-shot style evaluation: template-averaged text classifiers and top-1 accuracy.
 
-Each dataset's text classifier is computed once per evaluation (never per batch); for a
-task-agnostic setting (X-TAIL) the stream datasets share one classifier, the union of all
-stream domains' class prompts, and a dataset's labels are offset to its block.
+Within one evaluation each dataset's text classifier is computed once and each test image is
+encoded once; for a task-agnostic setting (X-TAIL) the stream datasets share one classifier,
+the union of all stream domains' class prompts, and a dataset's labels are offset to its block.
+
+Across evaluations (one per task) an `EvalCache` reuses a dataset's text classifier while
+every tensor the text encoder reads is bit-identical to the moment it was computed, and a
+dataset's image features while the vision encoder's tensors are (`TowerSnapshot`). The check
+compares a saved copy, so it is exact and never stale: vision-only learners never re-encode
+prompts, `zeroshot` re-encodes nothing after row 0, and learners that change both towers
+(drslora, finetune) pay only the snapshot copy (one pass over the weights per evaluation).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,8 +26,11 @@ from torch import nn
 
 from cl_bench.data.world import DatasetInfo, ImageSet
 from cl_bench.models.backbone import Backbone
+from cl_bench.precision import autocast
 
-TEXT_CHUNK = 1024
+TEXT_CHUNK = 1024  # prompts per encode_text call
+SCORE_CHUNK = 8192  # image features scored against a classifier at once (bounds logits memory)
+_PRIMITIVES = (bool, int, float, str, type(None))
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,81 @@ class EvalResult:
     @property
     def accuracy(self) -> float:
         return 100.0 * self.correct / self.total if self.total else float("nan")
+
+
+# ---------------------------------------------------------------------------------------
+# Exact change detection for one encoder
+# ---------------------------------------------------------------------------------------
+
+
+def _in_tower(name: str, tower: str, is_clip: bool) -> bool:
+    """Does the parameter/module `name` feed `tower` ("text" | "vision")?
+
+    open_clip CLIPs: encode_image reads only `visual`; encode_text reads everything else but
+    the logit scale/bias. Any other module: everything (safe: a change anywhere invalidates).
+    """
+    if not is_clip:
+        return True
+    in_visual = name == "visual" or name.startswith("visual.")
+    if tower == "vision":
+        return in_visual or name == ""
+    return not in_visual and name not in ("logit_scale", "logit_bias")
+
+
+def _plain_attrs(module: nn.Module) -> tuple:
+    """A module's plain-value attributes (flags, thresholds, pool types) and hook ids."""
+    attrs = []
+    for key, value in vars(module).items():
+        if isinstance(value, _PRIMITIVES) or (
+            isinstance(value, tuple) and all(isinstance(v, _PRIMITIVES) for v in value)
+        ):
+            attrs.append((key, value))
+    hooks = (tuple(module._forward_hooks), tuple(module._forward_pre_hooks))
+    return tuple(sorted(attrs, key=lambda kv: kv[0])), hooks
+
+
+def _tower_state(model: nn.Module, tower: str) -> tuple[tuple, list[torch.Tensor]]:
+    """(structure key, tensors) of everything `tower`'s encoder reads."""
+    is_clip = isinstance(getattr(model, "visual", None), nn.Module)
+    named = chain(
+        model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)
+    )
+    tensors = [(n, t) for n, t in named if _in_tower(n, tower, is_clip)]
+    modules = tuple(
+        (n, type(m).__qualname__, _plain_attrs(m))
+        for n, m in model.named_modules(remove_duplicate=False)
+        if _in_tower(n, tower, is_clip)
+    )
+    key = (
+        modules,
+        tuple((n, tuple(t.shape), t.dtype, t.device, t.layout) for n, t in tensors),
+    )
+    return key, [t.detach() for _, t in tensors]
+
+
+class TowerSnapshot:
+    """A copy of what one encoder reads; `matches(model)` is True only if all of it is equal.
+
+    Memory: one copy of the encoder's weights on their device (toy text tower ~28 MB,
+    ViT-B/16's ~250 MB). Equal structure + bit-equal tensors => identical encoder outputs.
+    """
+
+    def __init__(self, model: nn.Module, tower: str) -> None:
+        self.tower = tower
+        with torch.no_grad():
+            self.key, tensors = _tower_state(model, tower)
+            self.tensors = [t.clone() for t in tensors]
+
+    def matches(self, model: nn.Module) -> bool:
+        key, tensors = _tower_state(model, self.tower)
+        if key != self.key:
+            return False
+        return all(torch.equal(a, b) for a, b in zip(tensors, self.tensors, strict=True))
+
+
+# ---------------------------------------------------------------------------------------
+# Text classifiers and image features
+# ---------------------------------------------------------------------------------------
 
 
 @torch.inference_mode()
@@ -53,6 +140,48 @@ def text_classifier(
     return F.normalize(feats, dim=-1)
 
 
+def uint8_batches(
+    images: np.ndarray, batch_size: int, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Consecutive uint8 NHWC batches on `device`; pinned + non-blocking copies on CUDA."""
+    for start in range(0, len(images), batch_size):
+        chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        if device.type == "cuda":
+            chunk = chunk.pin_memory().to(device, non_blocking=True)
+        yield chunk
+
+
+@torch.inference_mode()
+def image_features(
+    model: nn.Module,
+    backbone: Backbone,
+    images: ImageSet,
+    batch_size: int,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """[N, D] normalized fp32 image features of a test set, in order (no host syncs)."""
+    parts = []
+    for chunk in uint8_batches(images.images, batch_size, device):
+        parts.append(F.normalize(model.encode_image(backbone.normalize(chunk)).float(), dim=-1))
+        if on_batch is not None:
+            on_batch(chunk.shape[0])
+    return torch.cat(parts) if parts else torch.empty(0, 0, device=device)
+
+
+@torch.inference_mode()
+def top1_correct(
+    features: torch.Tensor, labels: np.ndarray, classifier: torch.Tensor, label_offset: int
+) -> int:
+    """How many rows of `features` score highest on the classifier row of their label."""
+    target = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(features.device)
+    correct = torch.zeros((), dtype=torch.long, device=features.device)
+    for start in range(0, features.shape[0], SCORE_CHUNK):
+        pred = (features[start : start + SCORE_CHUNK] @ classifier.T).argmax(dim=1)
+        correct += pred.eq(target[start : start + SCORE_CHUNK] + label_offset).sum()
+    return int(correct)  # the one host sync per dataset
+
+
 @torch.inference_mode()
 def count_correct(
     model: nn.Module,
@@ -65,20 +194,69 @@ def count_correct(
     on_batch: Callable[[int], None] | None = None,
 ) -> int:
     """Top-1 correct predictions of `images` against the rows of `classifier`."""
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        chunk = torch.from_numpy(
-            np.ascontiguousarray(images.images[start : start + batch_size])
-        ).to(device)
-        labels = (
-            torch.from_numpy(np.asarray(images.labels[start : start + batch_size])).to(device)
-            + label_offset
-        )
-        feats = F.normalize(model.encode_image(backbone.normalize(chunk)).float(), dim=-1)
-        correct += int((feats @ classifier.T).argmax(dim=1).eq(labels).sum())
-        if on_batch is not None:
-            on_batch(chunk.shape[0])
-    return correct
+    feats = image_features(model, backbone, images, batch_size, device, on_batch)
+    return top1_correct(feats, images.labels, classifier, label_offset)
+
+
+@dataclass
+class EvalCache:
+    """Text classifiers and image features kept across evaluations while exactly valid.
+
+    `enabled=False` recomputes everything each evaluation (still once per dataset).
+    Counters let tests guard the caching without timing anything.
+    """
+
+    enabled: bool = True
+    text_hits: int = 0
+    text_misses: int = 0
+    image_hits: int = 0
+    image_misses: int = 0
+    _snapshots: dict[str, TowerSnapshot] = field(default_factory=dict)
+    _text: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    _images: dict[tuple, torch.Tensor] = field(default_factory=dict)
+
+    def _still_valid(self, model: nn.Module, tower: str) -> bool:
+        """True when `tower` is unchanged since the last call; else re-snapshot and drop."""
+        snap = self._snapshots.get(tower)
+        if snap is not None and snap.matches(model):
+            return True
+        (self._text if tower == "text" else self._images).clear()
+        self._snapshots.pop(tower, None)  # free the old copy before taking the new one
+        self._snapshots[tower] = TowerSnapshot(model, tower)
+        return False
+
+    def begin(self, model: nn.Module) -> None:
+        """Called once per evaluation, before any lookup: validate both towers."""
+        if not self.enabled:
+            self._text.clear()
+            self._images.clear()
+            return
+        self._still_valid(model, "text")
+        self._still_valid(model, "vision")
+
+    def text(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key in self._text:
+            self.text_hits += 1
+        else:
+            self.text_misses += 1
+            self._text[key] = compute()
+        return self._text[key]
+
+    def image(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key in self._images:
+            self.image_hits += 1
+        else:
+            self.image_misses += 1
+            self._images[key] = compute()
+        return self._images[key]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "text_hits": self.text_hits,
+            "text_misses": self.text_misses,
+            "image_hits": self.image_hits,
+            "image_misses": self.image_misses,
+        }
 
 
 def evaluate_all(
@@ -92,48 +270,52 @@ def evaluate_all(
     batch_size: int,
     device: torch.device,
     on_batch: Callable[[int], None] | None = None,
+    cache: EvalCache | None = None,
+    precision: str = "fp32",
 ) -> list[EvalResult]:
-    """Accuracy of `model` on every stream dataset and every hold-out dataset."""
+    """Accuracy of `model` on every stream dataset and every hold-out dataset.
+
+    `cache` (the engine keeps one per run) carries results across evaluations; None
+    computes everything once for this evaluation.
+    """
+    cache = cache if cache is not None else EvalCache(enabled=False)
     was_training = model.training
     model.eval()
     try:
-        classifiers = {
-            name: text_classifier(model, backbone.tokenizer, infos[name], device)
-            for name in dict.fromkeys(stream + holdout)
-        }
+        with torch.inference_mode(), autocast(device, precision):
+            cache.begin(model)
+            names = tuple(dict.fromkeys(stream + holdout))
+            classifiers = {
+                n: cache.text(
+                    (n, infos[n].classnames, infos[n].templates, precision),
+                    lambda n=n: text_classifier(model, backbone.tokenizer, infos[n], device),
+                )
+                for n in names
+            }
+            feats = {}
+            for n in names:
+                key = (n, test_sets[n].ids_hash, len(test_sets[n]), batch_size, precision)
+                before = cache.image_hits
+                feats[n] = cache.image(
+                    key,
+                    lambda n=n: image_features(
+                        model, backbone, test_sets[n], batch_size, device, on_batch
+                    ),
+                )
+                if cache.image_hits > before and on_batch is not None:
+                    on_batch(len(test_sets[n]))
         results = []
         if task_agnostic:
             union = torch.cat([classifiers[n] for n in stream])
             offsets = np.cumsum([0] + [infos[n].num_classes for n in stream])[:-1]
-            for name, offset in zip(stream, offsets, strict=True):
-                c = count_correct(
-                    model,
-                    backbone,
-                    test_sets[name],
-                    union,
-                    int(offset),
-                    batch_size,
-                    device,
-                    on_batch,
-                )
-                results.append(EvalResult(name, "stream", c, len(test_sets[name])))
+            scored = [(n, union, int(o)) for n, o in zip(stream, offsets, strict=True)]
         else:
-            for name in stream:
-                c = count_correct(
-                    model,
-                    backbone,
-                    test_sets[name],
-                    classifiers[name],
-                    0,
-                    batch_size,
-                    device,
-                    on_batch,
-                )
-                results.append(EvalResult(name, "stream", c, len(test_sets[name])))
+            scored = [(n, classifiers[n], 0) for n in stream]
+        for name, classifier, offset in scored:
+            c = top1_correct(feats[name], test_sets[name].labels, classifier, offset)
+            results.append(EvalResult(name, "stream", c, len(test_sets[name])))
         for name in holdout:
-            c = count_correct(
-                model, backbone, test_sets[name], classifiers[name], 0, batch_size, device, on_batch
-            )
+            c = top1_correct(feats[name], test_sets[name].labels, classifiers[name], 0)
             results.append(EvalResult(name, "holdout", c, len(test_sets[name])))
         return results
     finally:

@@ -6,10 +6,11 @@ either the old or the new file, never a partial one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from cl_bench.metrics import holdout_transfer, stream_metrics
 ACCURACY_FILE = "accuracy.parquet"
 SUMMARY_FILE = "summary.parquet"
 MANIFEST_FILE = "manifest.json"
+TRAIN_LOG_FILE = "train_log.parquet"
+LOCK_FILE = ".lock"
 
 # Identity columns every row carries, so a table can never mix unlike runs silently.
 RUN_COLUMNS = ["run_id", "setting", "world", "model", "learner", "seed", "order", "shots"]
@@ -64,6 +67,48 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.close(dir_fd)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def remove_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temp files that killed atomic writes left (`.<name>.<random>.tmp`)."""
+    found = sorted(Path(run_dir).rglob(".*.tmp")) if Path(run_dir).is_dir() else []
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
+
+
+@contextlib.contextmanager
+def lock_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `run_dir` for the duration of a run.
+
+    Two processes writing one run dir would interleave rows and checkpoints. The OS drops
+    the lock when its holder dies (even by SIGKILL), so a crashed run never blocks a resume.
+    No-op where fcntl is missing (Windows).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise UserError(
+                f"{run_dir} is being written by another clbench process (pid {holder}); wait for it to end or choose another --out"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:

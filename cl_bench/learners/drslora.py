@@ -82,7 +82,11 @@ def compressed_staircase(sparse_steps: int, kappa_max: float, levels: int = 50) 
     if sparse_steps == 1:
         return values[-1:].copy()
     j = np.arange(sparse_steps)
-    idx = j * levels // sparse_steps if sparse_steps >= levels else j * (levels - 1) // (sparse_steps - 1)
+    idx = (
+        j * levels // sparse_steps
+        if sparse_steps >= levels
+        else j * (levels - 1) // (sparse_steps - 1)
+    )
     return values[np.minimum(idx, levels - 1)]
 
 
@@ -90,48 +94,86 @@ def sparse_steps_of(iterations: int, dense_fraction: float) -> int:
     return iterations - int(round(dense_fraction * iterations))
 
 
-def kappa_schedule(iterations: int, dense_fraction: float, kappa_max: float, levels: int, schedule: Literal["paper_total", "official"], paper_iterations: int) -> tuple[np.ndarray, dict[str, float]]:
+def kappa_schedule(
+    iterations: int,
+    dense_fraction: float,
+    kappa_max: float,
+    levels: int,
+    schedule: Literal["paper_total", "official"],
+    paper_iterations: int,
+) -> tuple[np.ndarray, dict[str, float]]:
     """κ for every step of a task (0 in the dense phase) and the facts for the manifest."""
     sparse = sparse_steps_of(iterations, dense_fraction)
     kappas = np.zeros(iterations)
-    paper_total = float(official_staircase(sparse_steps_of(paper_iterations, dense_fraction), kappa_max, levels).sum())
+    paper_total = float(
+        official_staircase(
+            sparse_steps_of(paper_iterations, dense_fraction), kappa_max, levels
+        ).sum()
+    )
     if sparse > 0:
         if schedule == "official":
             kappas[iterations - sparse :] = official_staircase(sparse, kappa_max, levels)
         else:
             stairs = compressed_staircase(sparse, kappa_max, levels)
             kappas[iterations - sparse :] = stairs * (paper_total / stairs.sum())
-    facts = {"dense_steps": iterations - sparse, "sparse_steps": sparse, "kappa_total": float(kappas.sum()), "kappa_total_paper": paper_total, "kappa_last": float(kappas[-1]) if iterations else 0.0}
+    facts = {
+        "dense_steps": iterations - sparse,
+        "sparse_steps": sparse,
+        "kappa_total": float(kappas.sum()),
+        "kappa_total_paper": paper_total,
+        "kappa_last": float(kappas[-1]) if iterations else 0.0,
+    }
     return kappas, facts
 
 
 @register_learner("drslora")
 class DRSLoRA(LoRA):
-    description = "CoDyRA: LoRA with importance weights pruned by a proximal ℓ1 step, merged after each task"
+    description = (
+        "CoDyRA: LoRA with importance weights pruned by a proximal ℓ1 step, merged after each task"
+    )
     variant = "importance"
 
     @dataclass
     class Config(LoRA.Config):
         kappa_max: float = 0.005
         kappa_levels: int = 50
-        kappa_schedule: KappaSchedule = "auto"  # auto: paper_total on the toy world, official on real
-        dense_fraction: float | None = None  # None: 0.5 task-agnostic (X-TAIL), 0.7 otherwise (MTIL)
+        kappa_schedule: KappaSchedule = (
+            "auto"  # auto: paper_total on the toy world, official on real
+        )
+        dense_fraction: float | None = (
+            None  # None: 0.5 task-agnostic (X-TAIL), 0.7 otherwise (MTIL)
+        )
 
     def __init__(self, backbone, cfg, ctx) -> None:
         super().__init__(backbone, cfg, ctx)
-        self.dense_fraction = cfg.dense_fraction if cfg.dense_fraction is not None else (0.5 if ctx.task_agnostic else 0.7)
+        self.dense_fraction = (
+            cfg.dense_fraction
+            if cfg.dense_fraction is not None
+            else (0.5 if ctx.task_agnostic else 0.7)
+        )
         if not 0.0 <= self.dense_fraction <= 1.0:
             raise UserError(f"--set dense_fraction={cfg.dense_fraction}: must lie in [0, 1]")
         if cfg.kappa_levels < 1 or cfg.kappa_max < 0:
             raise UserError("--set kappa_levels must be >= 1 and kappa_max >= 0")
-        self.schedule_kind = cfg.kappa_schedule if cfg.kappa_schedule != "auto" else ("paper_total" if ctx.world == "toy" else "official")
+        self.schedule_kind = (
+            cfg.kappa_schedule
+            if cfg.kappa_schedule != "auto"
+            else ("paper_total" if ctx.world == "toy" else "official")
+        )
         ctx.note("drslora.dense_fraction", self.dense_fraction)
         ctx.note("drslora.kappa_schedule", self.schedule_kind)
         self.kappas = np.zeros(0)
 
     def begin_task(self, task: Task) -> None:
         super().begin_task(task)
-        self.kappas, facts = kappa_schedule(task.iterations, self.dense_fraction, self.cfg.kappa_max, self.cfg.kappa_levels, self.schedule_kind, self.ctx.paper_iterations)
+        self.kappas, facts = kappa_schedule(
+            task.iterations,
+            self.dense_fraction,
+            self.cfg.kappa_max,
+            self.cfg.kappa_levels,
+            self.schedule_kind,
+            self.ctx.paper_iterations,
+        )
         self.ctx.note("drslora.kappa", facts)
 
     def after_step(self, step: StepInfo) -> dict[str, Any]:
@@ -141,7 +183,17 @@ class DRSLoRA(LoRA):
         return {"kappa": kappa}
 
     def before_merge(self, task: Task) -> None:
-        rows = [{"task": task.name, "encoder": a.site.encoder, "layer": a.site.layer, "kind": a.site.kind, "rank": a.block.rank, "surviving": a.block.surviving_ranks()} for a in self.adapter.attached]
+        rows = [
+            {
+                "task": task.name,
+                "encoder": a.site.encoder,
+                "layer": a.site.layer,
+                "kind": a.site.kind,
+                "rank": a.block.rank,
+                "surviving": a.block.surviving_ranks(),
+            }
+            for a in self.adapter.attached
+        ]
         self.ctx.record("ranks", rows)
         surviving = sum(r["surviving"] for r in rows)
         total = sum(r["rank"] for r in rows)

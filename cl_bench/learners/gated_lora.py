@@ -54,13 +54,22 @@ class GatedLoRA(LoRA):
 
     def make_adapter(self) -> LoRAAdapter:
         sites = find_sites(self.model, self.cfg.encoders, self.cfg.kinds)
-        return LoRAAdapter(self.model, sites, self.rank, "gated", gate_init=self.cfg.gate_init, gate_threshold=self.cfg.gate_threshold)
+        return LoRAAdapter(
+            self.model,
+            sites,
+            self.rank,
+            "gated",
+            gate_init=self.cfg.gate_init,
+            gate_threshold=self.cfg.gate_threshold,
+        )
 
     def param_groups(self, task: Task) -> list[dict[str, Any]]:
         scores = self.adapter.gate_scores()
         score_ids = {id(s) for s in scores}
         factors = [p for p in self.adapter.parameters() if id(p) not in score_ids]
-        scale = self.ctx.paper_iterations / task.iterations if self.cfg.score_lr_budget_scaling else 1.0
+        scale = (
+            self.ctx.paper_iterations / task.iterations if self.cfg.score_lr_budget_scaling else 1.0
+        )
         self.ctx.note("gated_lora.score_lr", self.cfg.lr * scale)
         return [{"params": factors}, {"params": scores, "lr": self.cfg.lr * scale}]
 
@@ -71,7 +80,17 @@ class GatedLoRA(LoRA):
         return penalty, {"gate_penalty": penalty.detach(), "active_fraction": active}
 
     def before_merge(self, task: Task) -> None:
-        rows = [{"task": task.name, "encoder": a.site.encoder, "layer": a.site.layer, "kind": a.site.kind, "score": float(a.block.gate_score.detach()), "active": a.block.is_active()} for a in self.adapter.attached]
+        rows = [
+            {
+                "task": task.name,
+                "encoder": a.site.encoder,
+                "layer": a.site.layer,
+                "kind": a.site.kind,
+                "score": float(a.block.gate_score.detach()),
+                "active": a.block.is_active(),
+            }
+            for a in self.adapter.attached
+        ]
         self.ctx.record("gates", rows)
         fractions = dict(self.ctx.derived.get("gated_lora.active_fraction_per_task", {}))
         fractions[task.name] = round(sum(r["active"] for r in rows) / len(rows), 4)

@@ -67,7 +67,9 @@ class LoRA(Learner):
     def __init__(self, backbone, cfg, ctx) -> None:
         super().__init__(backbone, cfg, ctx)
         self.adapter: LoRAAdapter | None = None
-        self.rank = scaled_rank(cfg.rank, ctx.model_width) if cfg.scale_rank_with_width else cfg.rank
+        self.rank = (
+            scaled_rank(cfg.rank, ctx.model_width) if cfg.scale_rank_with_width else cfg.rank
+        )
         if self.rank < 1:
             raise UserError(f"--set rank={cfg.rank} gives LoRA rank {self.rank}; use rank >= 1")
         self.sites = find_sites(self.model, cfg.encoders, cfg.kinds)  # validates the targets
@@ -77,7 +79,12 @@ class LoRA(Learner):
 
     # -- hooks a subclass extends -------------------------------------------------------
     def make_adapter(self) -> LoRAAdapter:
-        return LoRAAdapter(self.model, find_sites(self.model, self.cfg.encoders, self.cfg.kinds), self.rank, self.variant)
+        return LoRAAdapter(
+            self.model,
+            find_sites(self.model, self.cfg.encoders, self.cfg.kinds),
+            self.rank,
+            self.variant,
+        )
 
     def param_groups(self, task: Task) -> list[dict[str, Any]]:
         return [{"params": list(self.adapter.parameters())}]
@@ -97,7 +104,14 @@ class LoRA(Learner):
     def begin_task(self, task: Task) -> None:
         self.model.requires_grad_(False)
         self.adapter = self.make_adapter()
-        self.optimizer, self.scheduler = adamw_warmup_cosine(self.param_groups(task), self.cfg.lr, self.cfg.weight_decay, task.iterations, self.cfg.warmup_fraction, betas=(self.cfg.beta1, self.cfg.beta2))
+        self.optimizer, self.scheduler = adamw_warmup_cosine(
+            self.param_groups(task),
+            self.cfg.lr,
+            self.cfg.weight_decay,
+            task.iterations,
+            self.cfg.warmup_fraction,
+            betas=(self.cfg.beta1, self.cfg.beta2),
+        )
         count = self.adapter.parameter_count()
         self.trainable_per_task.append(count)
         self.ctx.note(f"{self.name}.trainable_parameters_per_task", list(self.trainable_per_task))
@@ -127,8 +141,13 @@ class LoRA(Learner):
 
     def state_dict(self) -> dict[str, Any]:
         if self.adapter is not None:
-            raise RuntimeError(f"{self.name}: state_dict mid-task is not supported; checkpoints are taken after end_task merged the adapter")
-        return {"model": self.model.state_dict(), "trainable_per_task": list(self.trainable_per_task)}
+            raise RuntimeError(
+                f"{self.name}: state_dict mid-task is not supported; checkpoints are taken after end_task merged the adapter"
+            )
+        return {
+            "model": self.model.state_dict(),
+            "trainable_per_task": list(self.trainable_per_task),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])

@@ -66,7 +66,9 @@ def find_sites(model: nn.Module, encoders: Sequence[str], kinds: Sequence[str]) 
     bad_enc = [e for e in encoders if e not in ENCODERS]
     bad_kind = [k for k in kinds if k not in MATRIX_KINDS]
     if bad_enc or bad_kind or not encoders or not kinds:
-        raise UserError(f"LoRA targets: encoders must be a non-empty subset of {ENCODERS} and kinds of {MATRIX_KINDS}; got encoders={tuple(encoders)} kinds={tuple(kinds)}")
+        raise UserError(
+            f"LoRA targets: encoders must be a non-empty subset of {ENCODERS} and kinds of {MATRIX_KINDS}; got encoders={tuple(encoders)} kinds={tuple(kinds)}"
+        )
     sites: list[Site] = []
     for encoder in ENCODERS:
         if encoder not in encoders:
@@ -74,34 +76,65 @@ def find_sites(model: nn.Module, encoders: Sequence[str], kinds: Sequence[str]) 
         for layer, block in enumerate(_resblocks(model, encoder)):
             attn = block.attn
             if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
-                raise UserError(f"{encoder} layer {layer}: LoRA expects nn.MultiheadAttention with a packed in_proj_weight; this open_clip model has another attention type")
+                raise UserError(
+                    f"{encoder} layer {layer}: LoRA expects nn.MultiheadAttention with a packed in_proj_weight; this open_clip model has another attention type"
+                )
             width = attn.embed_dim
             for kind in MATRIX_KINDS:
                 if kind not in kinds:
                     continue
                 if kind in _QKV_INDEX:
                     i = _QKV_INDEX[kind]
-                    sites.append(Site(encoder, layer, kind, attn, "in_proj_weight", i * width, (i + 1) * width))
+                    sites.append(
+                        Site(
+                            encoder, layer, kind, attn, "in_proj_weight", i * width, (i + 1) * width
+                        )
+                    )
                 else:
-                    module = {"out": attn.out_proj, "fc": block.mlp.c_fc, "proj": block.mlp.c_proj}[kind]
-                    sites.append(Site(encoder, layer, kind, module, "weight", 0, module.weight.shape[0]))
+                    module = {"out": attn.out_proj, "fc": block.mlp.c_fc, "proj": block.mlp.c_proj}[
+                        kind
+                    ]
+                    sites.append(
+                        Site(encoder, layer, kind, module, "weight", 0, module.weight.shape[0])
+                    )
     return sites
 
 
 class LowRankBlock(nn.Module):
     """One low-rank edit ΔW of shape [out_features, in_features] (see module docstring)."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int, variant: Variant, device: torch.device, gate_init: float = 0.15, gate_threshold: float = 0.1) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rank: int,
+        variant: Variant,
+        device: torch.device,
+        gate_init: float = 0.15,
+        gate_threshold: float = 0.1,
+    ) -> None:
         super().__init__()
         if rank < 1:
             raise UserError(f"LoRA rank must be >= 1, got {rank}")
         self.variant = variant
         self.gate_threshold = gate_threshold
-        self.lora_A = nn.Parameter(torch.empty(rank, in_features, device=device, dtype=torch.float32))
+        self.lora_A = nn.Parameter(
+            torch.empty(rank, in_features, device=device, dtype=torch.float32)
+        )
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's / LoRA's default
-        self.lora_B = nn.Parameter(torch.zeros(out_features, rank, device=device, dtype=torch.float32))
-        self.importance = nn.Parameter(torch.randn(rank, device=device, dtype=torch.float32)) if variant == "importance" else None
-        self.gate_score = nn.Parameter(torch.tensor(float(gate_init), device=device)) if variant == "gated" else None
+        self.lora_B = nn.Parameter(
+            torch.zeros(out_features, rank, device=device, dtype=torch.float32)
+        )
+        self.importance = (
+            nn.Parameter(torch.randn(rank, device=device, dtype=torch.float32))
+            if variant == "importance"
+            else None
+        )
+        self.gate_score = (
+            nn.Parameter(torch.tensor(float(gate_init), device=device))
+            if variant == "gated"
+            else None
+        )
 
     @property
     def rank(self) -> int:
@@ -177,7 +210,15 @@ class LoRAAdapter:
     Freezes nothing itself: the learner decides what else trains.
     """
 
-    def __init__(self, model: nn.Module, sites: Sequence[Site], rank: int, variant: Variant, gate_init: float = 0.15, gate_threshold: float = 0.1) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        sites: Sequence[Site],
+        rank: int,
+        variant: Variant,
+        gate_init: float = 0.15,
+        gate_threshold: float = 0.1,
+    ) -> None:
         self.model = model
         self.attached: list[AttachedBlock] = []
         self._parametrizations: dict[tuple[int, str], tuple[nn.Module, str, WeightDelta]] = {}
@@ -186,10 +227,26 @@ class LoRAAdapter:
             key = (id(site.module), site.tensor_name)
             if key not in self._parametrizations:
                 if parametrize.is_parametrized(site.module, site.tensor_name):
-                    raise UserError(f"{site.encoder} layer {site.layer} {site.tensor_name} already carries a parametrization; merge the previous adapter first")
-                self._parametrizations[key] = (site.module, site.tensor_name, WeightDelta(base.shape))
-            block = LowRankBlock(base.shape[1], site.out_features, rank, variant, base.device, gate_init, gate_threshold)
-            self._parametrizations[key][2].add_block(site.kind, block, site.row_start, site.row_stop)
+                    raise UserError(
+                        f"{site.encoder} layer {site.layer} {site.tensor_name} already carries a parametrization; merge the previous adapter first"
+                    )
+                self._parametrizations[key] = (
+                    site.module,
+                    site.tensor_name,
+                    WeightDelta(base.shape),
+                )
+            block = LowRankBlock(
+                base.shape[1],
+                site.out_features,
+                rank,
+                variant,
+                base.device,
+                gate_init,
+                gate_threshold,
+            )
+            self._parametrizations[key][2].add_block(
+                site.kind, block, site.row_start, site.row_stop
+            )
             self.attached.append(AttachedBlock(site, block))
         for module, name, delta in self._parametrizations.values():
             parametrize.register_parametrization(module, name, delta)

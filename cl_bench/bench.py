@@ -1,0 +1,305 @@
+"""`clbench bench`: what the harness costs on top of the work it cannot avoid, in one run.
+
+Training: N steps through the engine's own path (`Engine._train`: batch sampling from the
+uint8 ImageSet, upload, normalization, autocast, `learner.train_step`, the scalar bookkeeping
+with its host sync every `log_every` steps, progress) against a bare loop that calls the same
+`learner.train_step` of the same learner (same model, same optimizer, same step) on the same
+batches pre-materialised on the device. The learner's step (forward, loss, backward, optimizer,
+drslora's proximal step) is the work a run cannot avoid, so engine/bare isolates exactly what
+the engine adds (DESIGN.md, "Benchmarking the harness").
+
+Evaluation: `Engine._evaluate` (its `EvalCache` included, as in a run) against a bare pass:
+the text classifiers computed once per dataset, then a plain `encode_image` over test images
+pre-normalized on the device, scored against the union classifier (X-TAIL) or each dataset's
+own. Both must count the same correct predictions; a mismatch is a bug and stops the bench.
+
+Robustness on a shared machine: each repeat is one task (begin_task, engine and bare
+training, end_task, engine and bare evaluation); the order inside a pair alternates between
+repeats, a repeat's ratio compares two measurements taken seconds apart under the same load,
+and the reported ratio is the median over repeats. The load average is reported alongside.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cl_bench.config import RunConfig
+from cl_bench.data.world import DataWorld
+from cl_bench.engine import BatchStream, Engine, seed_everything
+from cl_bench.errors import RunFailed, UserError
+from cl_bench.evaluation import text_classifier
+from cl_bench.learner import Batch, StepInfo, Task
+from cl_bench.precision import autocast
+from cl_bench.provenance import peak_rss_mb
+
+
+@dataclass
+class BenchResult:
+    setting: str
+    learner: str
+    world: str
+    device: str
+    precision: str
+    steps: int
+    repeats: int
+    batch_size: int
+    eval_images: int
+    train_ratio: float  # median over repeats of engine time / bare time
+    eval_ratio: float
+    train_steps_per_s: float  # engine, median over repeats
+    eval_images_per_s: float  # engine, median over repeats
+    bare_train_steps_per_s: float
+    bare_eval_images_per_s: float
+    peak_rss_mb: float  # whole bench process (engine + the bare path's pre-materialised copies)
+    peak_cuda_mb: float | None
+    train_ratios: list[float] = field(default_factory=list)
+    eval_ratios: list[float] = field(default_factory=list)
+    train_cpu_ratio: float = float("nan")  # process CPU time ratio (less sensitive to load)
+    eval_cpu_ratio: float = float("nan")
+    text_cache: dict[str, int] = field(default_factory=dict)
+    torch_threads: int = 0
+    load_average_1min: tuple[float, float] = (0.0, 0.0)  # before, after
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float, Any]:
+    """(wall s, process CPU s, result) of fn(), with the device drained on both ends."""
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
+def _bare_train(learner, batches, task: Task, device: torch.device, precision: str) -> None:
+    """The same train_step on pre-materialised batches in a plain loop (no sampling, no logging)."""
+    learner.model.train()
+    total = len(batches)
+    with autocast(device, precision):
+        for step, (images, labels) in enumerate(batches):
+            learner.train_step(
+                Batch(images, labels, task.text_tokens, task.index),
+                StepInfo(step, total, task.index, task.num_tasks),
+            )
+
+
+def _bare_eval(
+    model, tokenize, infos, stream, holdout, task_agnostic, images, labels, device, precision
+) -> dict[str, int]:
+    """Text classifiers once per dataset + a plain forward over pre-normalized test images."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast(device, precision):
+            names = tuple(dict.fromkeys(stream + holdout))
+            clf = {n: text_classifier(model, tokenize, infos[n], device) for n in names}
+            plan = []
+            if task_agnostic:
+                union = torch.cat([clf[n] for n in stream])
+                offsets = np.cumsum([0] + [infos[n].num_classes for n in stream])[:-1]
+                plan += [(n, union, int(o)) for n, o in zip(stream, offsets, strict=True)]
+            else:
+                plan += [(n, clf[n], 0) for n in stream]
+            plan += [(n, clf[n], 0) for n in holdout]
+            correct = {}
+            for name, classifier, offset in plan:
+                count = torch.zeros((), dtype=torch.long, device=device)
+                for x, y in zip(images[name], labels[name], strict=True):
+                    feats = F.normalize(model.encode_image(x).float(), dim=-1)
+                    count += (feats @ classifier.T).argmax(dim=1).eq(y + offset).sum()
+                correct[name] = count
+        return {n: int(c) for n, c in correct.items()}
+    finally:
+        model.train(was_training)
+
+
+def _materialise_eval(engine: Engine, backbone, test_sets, batch_size: int):
+    """Test images normalized on the device in eval-size batches, and their labels."""
+    images, labels = {}, {}
+    with torch.inference_mode():
+        for name, s in test_sets.items():
+            images[name] = [
+                backbone.normalize(
+                    torch.from_numpy(np.ascontiguousarray(s.images[i : i + batch_size])).to(
+                        engine.device
+                    )
+                )
+                for i in range(0, len(s), batch_size)
+            ]
+            labels[name] = [
+                torch.from_numpy(np.asarray(s.labels[i : i + batch_size], dtype=np.int64)).to(
+                    engine.device
+                )
+                for i in range(0, len(s), batch_size)
+            ]
+    return images, labels
+
+
+def _materialise_train(engine: Engine, backbone, train, steps: int, batch_size: int, seed: int):
+    """The engine's batch sequence for task 0 (same BatchStream seed), normalized on the device."""
+    stream = BatchStream(train, batch_size, seed, 0)
+    out = []
+    for _ in range(steps):
+        idx = stream.next_indices()
+        x = torch.from_numpy(np.ascontiguousarray(train.images[idx])).to(engine.device)
+        y = torch.from_numpy(np.asarray(train.labels[idx], dtype=np.int64)).to(engine.device)
+        out.append((backbone.normalize(x), y))
+    return out
+
+
+def run_bench(
+    setting: str = "xtail",
+    learner: str = "drslora",
+    world: str = "toy",
+    steps: int = 40,
+    repeats: int = 3,
+    device: str = "cpu",
+    precision: str = "fp32",
+    eval_limit: int | None = None,
+    seed: int = 0,
+    world_obj: DataWorld | None = None,
+    overrides: dict[str, str] | None = None,
+) -> BenchResult:
+    """Measure engine vs bare training and evaluation; see the module docstring."""
+    if steps < 1 or repeats < 1:
+        raise UserError(f"--steps and --repeats must be >= 1, got {steps} and {repeats}")
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="clbench-bench-") as tmp:
+        cfg = RunConfig(
+            setting=setting, learner=learner, world=world, iterations=steps, seed=seed,
+            out=os.path.join(tmp, "run"), device=device, precision=precision,
+            eval_limit=eval_limit, overrides=dict(overrides or {}),
+        )  # fmt: skip
+        engine = Engine(cfg, world=world_obj)
+        s = engine.setting
+        seed_everything(seed)
+        backbone = engine.world.backbone(engine.device)
+        engine.backbone = backbone
+        infos = {n: engine.world.dataset_info(n) for n in s.eval_datasets}
+        test_sets = engine._load_test_sets(backbone)
+        ctx = engine._make_context(backbone)
+        ctx.current_task = 1
+        learn = engine.learner_cls(backbone, engine.learner_cfg, ctx)
+        engine.learner = learn
+        name = s.datasets[0]
+        train = engine.world.load_split(name, "train", s.shots, s.split_seed, backbone.image_size)
+        prompts = tuple(infos[name].prompts(0))
+        task = Task(0, name, infos[name].classnames, prompts, ctx.tokenize(list(prompts)), steps, s.batch_size, len(s.datasets))  # fmt: skip
+        holdout = tuple(h for h in s.holdout if h not in s.datasets)
+        train_batches = _materialise_train(engine, backbone, train, steps, s.batch_size, seed)
+        eval_x, eval_y = _materialise_eval(engine, backbone, test_sets, cfg.eval_batch_size)
+        eval_images = sum(len(t) for t in test_sets.values())
+        if engine.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(engine.device)
+
+        tr = {"engine": [], "bare": []}
+        ev = {"engine": [], "bare": []}
+        for r in range(repeats):
+            learn.begin_task(task)
+            if learn.trains:
+                if r == 0:  # warm-up: allocator, kernels, first-call costs
+                    _bare_train(learn, train_batches[:2], task, engine.device, precision)
+                phases = {
+                    "engine": lambda: engine._train(0, task, learn, backbone, train, []),
+                    "bare": lambda: _bare_train(
+                        learn, train_batches, task, engine.device, precision
+                    ),
+                }
+                for kind in ("engine", "bare") if r % 2 == 0 else ("bare", "engine"):
+                    wall, cpu, _ = _timed(phases[kind], engine.device)
+                    tr[kind].append((wall, cpu))
+            learn.end_task(task)
+            counts = {}
+            phases = {
+                "engine": lambda: engine._evaluate(learn, backbone, infos, test_sets, 1, name),
+                "bare": lambda: _bare_eval(
+                    learn.eval_model(), backbone.tokenizer, infos, s.datasets, holdout,
+                    s.task_agnostic, eval_x, eval_y, engine.device, precision,
+                ),
+            }  # fmt: skip
+            for kind in ("engine", "bare") if r % 2 == 0 else ("bare", "engine"):
+                wall, cpu, out = _timed(phases[kind], engine.device)
+                ev[kind].append((wall, cpu))
+                counts[kind] = (
+                    {row["eval_dataset"]: row["correct"] for row in out}
+                    if kind == "engine"
+                    else out
+                )
+            if counts["engine"] != counts["bare"]:
+                raise RunFailed(
+                    f"bench: engine and bare evaluation disagree ({counts['engine']} vs {counts['bare']}); this is a harness bug"
+                )
+
+    def ratio(d, i):
+        return [e[i] / b[i] for e, b in zip(d["engine"], d["bare"], strict=True)]
+
+    def median_rate(d, kind, amount):
+        return amount / statistics.median(w for w, _ in d[kind]) if d[kind] else float("nan")
+
+    nan = float("nan")
+    return BenchResult(
+        setting=setting,
+        learner=engine.learner_cls.name,
+        world=engine.world.name,
+        device=device,
+        precision=precision,
+        steps=steps,
+        repeats=repeats,
+        batch_size=s.batch_size,
+        eval_images=eval_images,
+        train_ratio=statistics.median(ratio(tr, 0)) if tr["engine"] else nan,
+        eval_ratio=statistics.median(ratio(ev, 0)),
+        train_steps_per_s=median_rate(tr, "engine", steps),
+        eval_images_per_s=median_rate(ev, "engine", eval_images),
+        bare_train_steps_per_s=median_rate(tr, "bare", steps),
+        bare_eval_images_per_s=median_rate(ev, "bare", eval_images),
+        peak_rss_mb=round(peak_rss_mb(), 1),
+        peak_cuda_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if engine.device.type == "cuda"
+        else None,
+        train_ratios=[round(x, 4) for x in ratio(tr, 0)],
+        eval_ratios=[round(x, 4) for x in ratio(ev, 0)],
+        train_cpu_ratio=statistics.median(ratio(tr, 1)) if tr["engine"] else nan,
+        eval_cpu_ratio=statistics.median(ratio(ev, 1)),
+        text_cache=engine.eval_cache.stats(),
+        torch_threads=torch.get_num_threads(),
+        load_average_1min=(round(load_before, 2), round(os.getloadavg()[0], 2)),
+        wall_s=round(time.perf_counter() - started, 1),
+    )
+
+
+def format_result(r: BenchResult) -> str:
+    """The human-readable report of one bench run."""
+    lines = [
+        f"clbench bench: {r.learner} on {r.world}/{r.setting}, {r.device} {r.precision}, "
+        f"{r.steps} steps x batch {r.batch_size}, {r.eval_images} eval images, "
+        f"median of {r.repeats}, {r.torch_threads} torch threads",
+        f"  train  engine {r.train_steps_per_s:8.2f} steps/s   bare {r.bare_train_steps_per_s:8.2f} steps/s"
+        f"   ratio {r.train_ratio:.3f}  (repeats {r.train_ratios}; cpu-time ratio {r.train_cpu_ratio:.3f})",
+        f"  eval   engine {r.eval_images_per_s:8.1f} img/s     bare {r.bare_eval_images_per_s:8.1f} img/s"
+        f"     ratio {r.eval_ratio:.3f}  (repeats {r.eval_ratios}; cpu-time ratio {r.eval_cpu_ratio:.3f})",
+        f"  text classifier cache: {r.text_cache}",
+        f"  peak RSS {r.peak_rss_mb:.0f} MB"
+        + (f", peak CUDA {r.peak_cuda_mb:.0f} MB" if r.peak_cuda_mb is not None else "")
+        + f"; load average (1 min) {r.load_average_1min[0]} -> {r.load_average_1min[1]}; {r.wall_s} s",
+    ]
+    return "\n".join(lines)

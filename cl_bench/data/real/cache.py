@@ -1,0 +1,124 @@
+"""The decode cache: each split decoded and resized once, kept as a memory-mapped uint8 array.
+
+Key: dataset / split / ids hash / image size, so every task and evaluation that needs the
+same images reuses the same file. Built in independent chunks by a thread pool (PIL decodes
+and resizes without the GIL); finished chunks are recorded, so an interrupted build resumes;
+a file lock keeps two runs from building the same entry at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cl_bench.data.real.sources import Pool
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+CHUNK_IMAGES = 512
+COMPLETE = "complete"
+
+
+def default_cache_root() -> Path:
+    """$CLBENCH_CACHE, else the platform's user cache dir for cl-bench."""
+    env = os.environ.get("CLBENCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("cl-bench"))
+
+
+def clip_preprocess(img: Image.Image, image_size: int) -> np.ndarray:
+    """CLIP's eval transform without normalisation: bicubic resize of the shorter side, centre crop."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    img = F.resize(img, image_size, interpolation=InterpolationMode.BICUBIC)
+    img = F.center_crop(img, [image_size, image_size])
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def entry_dir(cache_root: Path, dataset: str, split: str, ids_hash: str, image_size: int) -> Path:
+    return cache_root / "decoded" / dataset / f"{split}-{ids_hash}-{image_size}px"
+
+
+def decoded(
+    pool: Pool, entry: Path, image_size: int, workers: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [N, S, S, 3] (copy-on-write memmap) and int64 labels [N] for a pool, decoding on first use."""
+    if not (entry / COMPLETE).exists():
+        with _locked(entry.with_name(entry.name + ".lock")):
+            if not (entry / COMPLETE).exists():
+                _build(pool, entry, image_size, workers or min(8, os.cpu_count() or 1))
+    images = np.load(
+        entry / "images.npy", mmap_mode="c"
+    )  # copy-on-write: writable views, the file never changes
+    labels = np.load(entry / "labels.npy")
+    if images.shape != (len(pool), image_size, image_size, 3) or not np.array_equal(
+        labels, pool.labels
+    ):
+        raise RuntimeError(f"decode cache entry {entry} does not match its key; delete it")
+    return images, labels
+
+
+def _build(pool: Pool, entry: Path, image_size: int, workers: int) -> None:
+    partial = entry.with_name(entry.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    shape = (len(pool), image_size, image_size, 3)
+    images_path, done_path = partial / "images.npy", partial / "chunks.done"
+    if images_path.exists():
+        images = np.load(images_path, mmap_mode="r+")
+        if images.shape != shape:
+            raise RuntimeError(f"stale partial decode cache {partial}; delete it")
+    else:
+        images = np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8, shape=shape)
+    done = {int(x) for x in done_path.read_text().split()} if done_path.exists() else set()
+    chunks = [c for c in range((len(pool) + CHUNK_IMAGES - 1) // CHUNK_IMAGES) if c not in done]
+    log.info(
+        "decoding %d images into %s (%d chunks, %d threads)", len(pool), entry, len(chunks), workers
+    )
+
+    def decode_chunk(c: int) -> int:
+        for i in range(c * CHUNK_IMAGES, min(len(pool), (c + 1) * CHUNK_IMAGES)):
+            try:
+                images[i] = clip_preprocess(pool.open_image(i), image_size)
+            except OSError as exc:
+                raise RuntimeError(f"cannot decode {pool.ids[i]}: {exc}") from exc
+        return c
+
+    with ThreadPoolExecutor(max_workers=workers) as ex, open(done_path, "a") as marks:
+        for c in ex.map(decode_chunk, chunks):
+            images.flush()
+            marks.write(f"{c}\n")
+            marks.flush()
+    images.flush()
+    np.save(partial / "labels.npy", pool.labels.astype(np.int64))
+    (partial / "ids.txt").write_text("\n".join(pool.ids) + "\n")
+    done_path.unlink()
+    (partial / COMPLETE).write_text("")
+    if entry.exists():
+        shutil.rmtree(entry)
+    partial.rename(entry)

@@ -1,0 +1,116 @@
+"""The tiny toy CLIP: an open_clip model config (toy-clip.json) and the shipped weights.
+
+Loading goes through `open_clip.create_model`, so learners and adapters see a normal open_clip
+CLIP (nn.MultiheadAttention blocks, open_clip's own BPE tokenizer, vocab 49408). The config is
+registered on first use, never at import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cl_bench.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from cl_bench.models.backbone import Backbone
+
+MODEL_NAME = "toy-clip"
+CONFIG_PATH = Path(__file__).resolve().parent / f"{MODEL_NAME}.json"
+WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "toy_clip.safetensors"
+RECORD_PATH = WEIGHTS_PATH.with_suffix(".json")
+IMAGE_SIZE_PX = 32
+# The renderer's colours live in [0, 1] around mid-grey; one fixed normalisation for all domains.
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.25, 0.25, 0.25)
+
+
+def register_config() -> None:
+    """Make `toy-clip` known to open_clip's factory (idempotent)."""
+    import open_clip
+
+    if MODEL_NAME not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG_PATH)
+
+
+def create_toy_clip() -> nn.Module:
+    """A randomly initialised toy CLIP (pre-training starts here)."""
+    import open_clip
+
+    register_config()
+    return open_clip.create_model(MODEL_NAME, pretrained=None)
+
+
+def toy_tokenizer():
+    import open_clip
+
+    register_config()
+    return open_clip.get_tokenizer(MODEL_NAME)
+
+
+def weights_sha256(path: Path = WEIGHTS_PATH) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def missing_weights_message(path: Path = WEIGHTS_PATH) -> str:
+    return f"toy CLIP weights not found at {path}; re-create them with `clbench toy pretrain`"
+
+
+def read_record(path: Path = RECORD_PATH) -> dict:
+    """The JSON written beside the weights: how they were made and their zero-shot accuracies."""
+    if not path.is_file():
+        raise UserError(f"toy weights record not found at {path}; re-create it with `clbench toy pretrain`")
+    return json.loads(path.read_text())
+
+
+def load_toy_backbone(device: torch.device, path: Path = WEIGHTS_PATH) -> Backbone:
+    """The shipped (or a given) toy CLIP as a Backbone, float32, on `device`, in eval mode."""
+    from safetensors.torch import load_file
+
+    from cl_bench.models.backbone import Backbone
+
+    if not path.is_file():
+        raise UserError(missing_weights_message(path))
+    model = create_toy_clip()
+    state = {k: v.float() for k, v in load_file(str(path)).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "attn_mask"]
+    if missing or unexpected:
+        raise UserError(f"{path} does not match the toy-clip config (missing {missing[:3]}, unexpected {unexpected[:3]}); re-create it with `clbench toy pretrain`")
+    model.to(device).eval()
+    return Backbone(
+        model=model,
+        tokenizer=toy_tokenizer(),
+        image_size=IMAGE_SIZE_PX,
+        mean=MEAN,
+        std=STD,
+        name=MODEL_NAME,
+        pretrained=f"toy-{weights_sha256(path)[:12]}",
+    )
+
+
+def save_weights(model: nn.Module, path: Path, record: dict) -> str:
+    """fp16 safetensors + the JSON record beside it; returns the weights' sha256."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").half().contiguous() for k, v in model.state_dict().items() if k != "attn_mask"}
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(path)
+    sha = weights_sha256(path)
+    record = {**record, "weights_sha256": sha, "weights_file": path.name}
+    rec_path = path.with_suffix(".json")
+    rec_tmp = rec_path.with_suffix(".json.tmp")
+    rec_tmp.write_text(json.dumps(record, indent=2) + "\n")
+    rec_tmp.replace(rec_path)
+    return sha

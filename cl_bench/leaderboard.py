@@ -1,0 +1,408 @@
+"""Many run directories -> paper-style tables (CoDyRA Tables 1-3 and a cost table).
+
+Every number is recomputed from each run's accuracy.parquet with PROTOCOL.md §1
+(`results.summarize`), then aggregated over seeds (mean, sample std with ddof = 1, count).
+Costs come from the run manifests, never from typed-in values. One table compares like with
+like: runs of different worlds, backbones, settings, orders, shots or budgets are refused.
+Rendering lives in `cl_bench.leaderboard_render`; this module builds the tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cl_bench.errors import UserError
+from cl_bench.metrics import mean_std
+from cl_bench.results import (
+    ACCURACY_FILE,
+    find_run_dirs,
+    read_manifest,
+    read_parquet,
+    summarize,
+)
+
+METRICS = ("transfer", "average", "last", "gain", "forgetting")
+METRIC_CHOICES = ("transfer", "average", "last", "all")
+METRIC_TITLES = {
+    "transfer": "Transfer",
+    "average": "Average",
+    "last": "Last",
+    "gain": "Gain",
+    "forgetting": "Forgetting",
+}
+LOWER_IS_BETTER = {"forgetting"}
+# The identity of a comparison: runs that differ in any of these never share a table.
+GROUP_FIELDS = (
+    "world",
+    "model",
+    "setting",
+    "order",
+    "shots",
+    "iterations",
+    "stream",
+    "eval_limit",
+)
+FILTER_FLAGS = {"setting": "--setting", "world": "--world", "order": "--order", "shots": "--shots"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: its header, how to format it, and which direction is better."""
+
+    name: str
+    unit: str = "pct"  # pct | params | seconds | mb
+    better: str | None = "high"  # high | low | None (not ranked)
+
+
+@dataclass(frozen=True)
+class Cell:
+    mean: float
+    std: float
+    n: int
+
+
+@dataclass
+class Row:
+    label: str
+    seeds: int
+    cells: list[Cell]
+    reference: bool  # a learner that never trains (zeroshot): shown, not ranked
+
+
+@dataclass
+class Table:
+    key: str  # transfer | ... | summary | holdout | cost (csv column, anchors)
+    title: str
+    columns: list[Column]
+    rows: list[Row]
+    marks: dict[tuple[int, int], str] = field(default_factory=dict)  # (row, col) -> best|second
+
+
+@dataclass
+class Board:
+    group: dict[str, Any]
+    runs: int
+    tables: list[Table]
+
+
+@dataclass
+class RunRecord:
+    run_dir: Path
+    manifest: dict[str, Any]
+    summary: pd.DataFrame
+    group: dict[str, Any]
+    label: str
+    seed: int
+
+
+# ------------------------------------------------------------------------------ loading
+def _run_group(acc: pd.DataFrame, manifest: dict[str, Any]) -> dict[str, Any]:
+    first = acc.iloc[0]
+    backbone = manifest.get("backbone", {})
+    setting = manifest.get("setting", {})
+    pretrained = backbone.get("pretrained")
+    return {
+        "world": str(first["world"]),
+        "model": str(first["model"]) + (f" ({pretrained})" if pretrained else ""),
+        "setting": str(first["setting"]),
+        "order": str(first["order"]),
+        "shots": int(first["shots"]),
+        "iterations": setting.get("iterations"),
+        "stream": " ".join(setting.get("datasets", [])),
+        "eval_limit": manifest.get("config", {}).get("eval_limit"),
+    }
+
+
+def _label(manifest: dict[str, Any], learner: str) -> str:
+    """The learner name, plus its --set overrides: other hyperparameters are another row."""
+    overrides = manifest.get("config", {}).get("overrides") or {}
+    if not overrides:
+        return learner
+    return learner + " (" + ", ".join(f"{k}={overrides[k]}" for k in sorted(overrides)) + ")"
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    """Read one finished run and recompute its metrics; UserError says why it is unusable."""
+    manifest = read_manifest(run_dir)
+    status = manifest.get("status")
+    if status != "finished":
+        detail = f": {manifest['error']}" if manifest.get("error") else ""
+        raise UserError(f"unfinished (status {status!r}{detail})")
+    acc = read_parquet(run_dir / ACCURACY_FILE)
+    if acc.empty:
+        raise UserError(f"corrupt: {run_dir / ACCURACY_FILE} has no rows")
+    try:
+        summary = summarize(acc)
+    except (UserError, KeyError, ValueError, IndexError) as exc:
+        raise UserError(f"corrupt accuracy.parquet ({exc})") from None
+    learner = str(acc["learner"].iloc[0])
+    return RunRecord(
+        run_dir,
+        manifest,
+        summary,
+        _run_group(acc, manifest),
+        _label(manifest, learner),
+        int(acc["seed"].iloc[0]),
+    )
+
+
+def _describe(group: dict[str, Any], fields: Iterable[str]) -> str:
+    return " ".join(f"{f}={group[f]}" for f in fields)
+
+
+def collect_runs(
+    paths: Iterable[Path], filters: dict[str, Any] | None = None
+) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
+    """Finished runs of exactly one comparison group, plus [(skipped dir, reason)]."""
+    paths = [Path(p) for p in paths]
+    filters = {k: v for k, v in (filters or {}).items() if v is not None}
+    runs: list[RunRecord] = []
+    skipped: list[tuple[Path, str]] = []
+    for run_dir in sorted({d.resolve() for d in find_run_dirs(paths)}):
+        try:
+            runs.append(load_run(run_dir))
+        except UserError as exc:
+            skipped.append((run_dir, str(exc)))
+    where = ", ".join(str(p) for p in paths)
+    if not runs:
+        reasons = (
+            f" ({len(skipped)} skipped, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        )
+        raise UserError(
+            f"no finished runs under {where}{reasons}; run `clbench run` or `clbench sweep` first"
+        )
+    kept = [r for r in runs if all(str(r.group[k]) == str(v) for k, v in filters.items())]
+    if not kept:
+        found = sorted({_describe(r.group, filters) for r in runs})
+        raise UserError(
+            f"no finished run matches {_describe(filters, filters)} under {where}; found: {'; '.join(found)}"
+        )
+    _check_one_group(kept)
+    _check_unique_seeds(kept)
+    return kept, skipped
+
+
+def _check_one_group(runs: list[RunRecord]) -> None:
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in runs:
+        groups.setdefault(tuple(str(r.group[f]) for f in GROUP_FIELDS), []).append(r)
+    if len(groups) == 1:
+        return
+    keys = list(groups)
+    differing = [f for i, f in enumerate(GROUP_FIELDS) if len({k[i] for k in keys}) > 1]
+    parts = [
+        f"{_describe(groups[k][0].group, differing)} ({len(groups[k])} runs)" for k in sorted(keys)
+    ]
+    flags = [FILTER_FLAGS[f] for f in differing if f in FILTER_FLAGS]
+    hint = (
+        f"pick one with {'/'.join(flags)} or pass only one group's run directories"
+        if flags
+        else "pass only one group's run directories"
+    )
+    raise UserError(
+        f"refusing to mix {len(groups)} groups of runs in one table: {'; '.join(parts)}; {hint}"
+    )
+
+
+def _check_unique_seeds(runs: list[RunRecord]) -> None:
+    seen: dict[tuple[str, int], Path] = {}
+    for r in runs:
+        other = seen.setdefault((r.label, r.seed), r.run_dir)
+        if other != r.run_dir:
+            raise UserError(
+                f"two runs of {r.label} with seed {r.seed}: {other} and {r.run_dir}; pass only one of them"
+            )
+
+
+# ------------------------------------------------------------------------------ tables
+def _metric_value(summary: pd.DataFrame, metric: str, dataset: str) -> float:
+    rows = summary[summary["dataset"] == dataset]
+    return float(rows[metric].iloc[0]) if len(rows) else float("nan")
+
+
+def _rows_by_label(runs: list[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
+    """Rows sorted by label; reference learners (no trainable parameters) come first."""
+    by: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        by.setdefault(r.label, []).append(r)
+    items = [(label, sorted(rs, key=lambda r: r.seed)) for label, rs in by.items()]
+    return sorted(items, key=lambda it: (not _is_reference(it[1]), it[0]))
+
+
+def _is_reference(runs: list[RunRecord]) -> bool:
+    return all(
+        max((t.get("trainable_parameters") or 0 for t in r.manifest.get("tasks", [])), default=0)
+        == 0
+        for r in runs
+    )
+
+
+def _table(key: str, title: str, columns: list[Column], runs: list[RunRecord], value) -> Table:
+    """value(run, column_index) -> float; aggregates over the runs of each row."""
+    rows = []
+    for label, group in _rows_by_label(runs):
+        cells = [Cell(*mean_std([value(r, i) for r in group])) for i in range(len(columns))]
+        rows.append(Row(label, len(group), cells, _is_reference(group)))
+    table = Table(key, title, columns, rows)
+    _mark(table)
+    return table
+
+
+def _display_value(column: Column, value: float) -> float:
+    return round(value, 1) if column.unit == "pct" else value
+
+
+def _mark(table: Table) -> None:
+    """Best / second best per ranked column among non-reference rows, at display precision."""
+    for j, column in enumerate(table.columns):
+        if column.better is None:
+            continue
+        candidates = [
+            (i, _display_value(column, row.cells[j].mean))
+            for i, row in enumerate(table.rows)
+            if not row.reference and row.cells[j].n > 0
+        ]
+        if len(candidates) < 2:
+            continue
+        distinct = sorted({v for _, v in candidates}, reverse=column.better == "high")
+        for i, v in candidates:
+            if v == distinct[0]:
+                table.marks[(i, j)] = "best"
+            elif len(candidates) >= 3 and len(distinct) > 1 and v == distinct[1]:
+                table.marks[(i, j)] = "second"
+
+
+def stream_names(runs: list[RunRecord]) -> list[str]:
+    s = runs[0].summary
+    return list(s[s["split"] == "stream"]["dataset"])
+
+
+def holdout_names(runs: list[RunRecord]) -> list[str]:
+    s = runs[0].summary
+    return list(s[s["split"] == "holdout"]["dataset"])
+
+
+def metric_tables(runs: list[RunRecord], metrics: list[str], per_dataset: bool) -> list[Table]:
+    if not per_dataset:
+        columns = [
+            Column(METRIC_TITLES[m], better="low" if m in LOWER_IS_BETTER else "high")
+            for m in metrics
+        ]
+        return [
+            _table(
+                "summary",
+                "Mean over the stream's datasets (%)",
+                columns,
+                runs,
+                lambda r, i: _metric_value(r.summary, metrics[i], "mean"),
+            )
+        ]
+    names = stream_names(runs) + ["mean"]
+    tables = []
+    for m in metrics:
+        better = "low" if m in LOWER_IS_BETTER else "high"
+        columns = [Column(n, better=better) for n in names]
+        tables.append(
+            _table(
+                m,
+                f"{METRIC_TITLES[m]} (%)",
+                columns,
+                runs,
+                lambda r, i, m=m: _metric_value(r.summary, m, names[i]),
+            )
+        )
+    return tables
+
+
+def holdout_table(runs: list[RunRecord]) -> Table | None:
+    names = holdout_names(runs)
+    if not names:
+        return None
+    names = names + ["mean"]
+    return _table(
+        "holdout",
+        "Hold-out transfer (%): mean over tasks of unseen datasets' accuracy",
+        [Column(n) for n in names],
+        runs,
+        lambda r, i: _metric_value(r.summary, "holdout_transfer", names[i]),
+    )
+
+
+def run_costs(manifest: dict[str, Any]) -> dict[str, float]:
+    """What one run measured: parameters, time and memory (manifest values only)."""
+    tasks = manifest.get("tasks", [])
+    cuda = [t["peak_cuda_mb"] for t in tasks if t.get("peak_cuda_mb") is not None]
+    rss = [manifest.get("peak_rss_mb")] + [t.get("peak_rss_mb") for t in tasks]
+    rss = [v for v in rss if v is not None]
+    return {
+        "trainable": float(max((t.get("trainable_parameters") or 0 for t in tasks), default=0)),
+        "extra_inference": float(manifest.get("extra_inference_parameters", np.nan)),
+        "train_s": float(sum(t.get("train_time_s") or 0.0 for t in tasks)),
+        "eval_s": float(sum(t.get("eval_time_s") or 0.0 for t in tasks)),
+        "rss_mb": float(max(rss)) if rss else float("nan"),
+        "cuda_mb": float(max(cuda)) if cuda else float("nan"),
+    }
+
+
+def cost_table(runs: list[RunRecord]) -> Table:
+    costs = {id(r): run_costs(r.manifest) for r in runs}
+    spec = [
+        ("trainable", Column("trainable params (max per task)", "params", None)),
+        ("extra_inference", Column("extra inference params", "params", None)),
+        ("train_s", Column("train time (s)", "seconds", None)),
+        ("eval_s", Column("eval time (s)", "seconds", None)),
+        ("rss_mb", Column("peak RSS (MB)", "mb", None)),
+    ]
+    if any(not np.isnan(c["cuda_mb"]) for c in costs.values()):
+        spec.append(("cuda_mb", Column("peak CUDA (MB)", "mb", None)))
+    return _table(
+        "cost",
+        "Cost, as measured by the runs",
+        [c for _, c in spec],
+        runs,
+        lambda r, i: costs[id(r)][spec[i][0]],
+    )
+
+
+def build_board(
+    paths: Iterable[Path],
+    metric: str = "all",
+    per_dataset: bool = False,
+    filters: dict[str, Any] | None = None,
+) -> tuple[Board, list[tuple[Path, str]]]:
+    if metric not in METRIC_CHOICES:
+        raise UserError(f"unknown --metric {metric!r}; valid: {', '.join(METRIC_CHOICES)}")
+    runs, skipped = collect_runs(paths, filters)
+    metrics = list(METRICS) if metric == "all" else [metric]
+    tables = metric_tables(runs, metrics, per_dataset)
+    holdout = holdout_table(runs)
+    if holdout is not None:
+        tables.append(holdout)
+    tables.append(cost_table(runs))
+    return Board(runs[0].group, len(runs), tables), skipped
+
+
+def render_leaderboard(
+    dirs: Iterable[Path],
+    setting: str | None = None,
+    metric: str = "all",
+    per_dataset: bool = False,
+    fmt: str = "markdown",
+    world: str | None = None,
+    order: str | None = None,
+    shots: int | None = None,
+) -> tuple[str, list[tuple[Path, str]]]:
+    """The leaderboard text in `fmt` and the runs that were skipped, with why."""
+    from cl_bench.leaderboard_render import RENDERERS
+
+    if fmt not in RENDERERS:
+        raise UserError(f"unknown --format {fmt!r}; valid: {', '.join(RENDERERS)}")
+    filters = {"setting": setting, "world": world, "order": order, "shots": shots}
+    board, skipped = build_board(dirs, metric, per_dataset, filters)
+    return RENDERERS[fmt](board), skipped

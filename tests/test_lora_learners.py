@@ -1,0 +1,285 @@
+"""The LoRA-family learners: soft-threshold, κ schedule and its budget scaling, rank scaling,
+parameter counts, and short runs through the engine that train and merge cleanly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.nn.utils import parametrize
+
+from cl_bench.config import RunConfig
+from cl_bench.context import RunContext
+from cl_bench.engine import Engine
+from cl_bench.errors import UserError
+from cl_bench.learner import Task, build_config, get_learner
+from cl_bench.learners.drslora import (
+    DRSLoRA,
+    compressed_staircase,
+    kappa_schedule,
+    official_staircase,
+    soft_threshold_,
+)
+from cl_bench.learners.gated_lora import GatedLoRA
+from cl_bench.learners.lora import LoRA, scaled_rank
+from cl_bench.models.backbone import Backbone
+from tests.fakeworld import FakeWorld
+
+# Σκ of the staircase definition (PROTOCOL.md §4): Σ linspace(0, 0.005, 50) = 0.125 per
+# step of the staircase; X-TAIL 250 sparse steps -> interval 5, MTIL (5-shot) 150 -> interval 3.
+XTAIL_TOTAL = 5 * sum(i * 0.005 / 49 for i in range(50))  # 5 * 0.125 = 0.625
+MTIL_TOTAL = 3 * sum(i * 0.005 / 49 for i in range(50))  # 3 * 0.125 = 0.375
+
+
+def test_soft_threshold_shrinks_toward_zero_and_zeroes_small() -> None:
+    w = torch.tensor([-1.0, -0.01, -0.003, 0.0, 0.002, 0.005, 0.0051, 0.8])
+    soft_threshold_(w, 0.005)
+    expected = torch.tensor([-0.995, -0.005, 0.0, 0.0, 0.0, 0.0, 0.0001, 0.795])
+    torch.testing.assert_close(w, expected, atol=1e-7, rtol=0)
+    v = torch.tensor([0.3, -0.3])
+    soft_threshold_(v, 0.0)
+    assert v.tolist() == pytest.approx([0.3, -0.3])
+
+
+def test_paper_totals_from_the_staircase_definition() -> None:
+    assert official_staircase(250, 0.005).sum() == pytest.approx(XTAIL_TOTAL, abs=1e-12)
+    assert official_staircase(150, 0.005).sum() == pytest.approx(MTIL_TOTAL, abs=1e-12)
+    assert XTAIL_TOTAL == pytest.approx(0.625) and MTIL_TOTAL == pytest.approx(0.375)
+
+
+@pytest.mark.parametrize("schedule", ["official", "paper_total"])
+@pytest.mark.parametrize(("dense", "sparse"), [(0.5, 250), (0.7, 150)])
+def test_kappa_is_zero_when_dense_and_kappa_max_at_the_end(
+    schedule: str, dense: float, sparse: int
+) -> None:
+    kappas, facts = kappa_schedule(500, dense, 0.005, 50, schedule, 500)
+    assert facts["sparse_steps"] == sparse and facts["dense_steps"] == 500 - sparse
+    assert np.all(kappas[: 500 - sparse] == 0)
+    assert kappas[-1] == pytest.approx(0.005)
+    assert np.all(np.diff(kappas) >= 0) and kappas[500 - sparse] == 0.0  # a staircase from 0
+    assert len(np.unique(kappas[500 - sparse :])) == 50
+
+
+@pytest.mark.parametrize("iterations", [7, 24, 80, 101, 333, 500, 1000, 2000])
+@pytest.mark.parametrize(("dense", "paper_total"), [(0.5, XTAIL_TOTAL), (0.7, MTIL_TOTAL)])
+def test_scaled_schedule_keeps_the_paper_total_for_any_budget(
+    iterations: int, dense: float, paper_total: float
+) -> None:
+    kappas, facts = kappa_schedule(iterations, dense, 0.005, 50, "paper_total", 500)
+    assert kappas.sum() == pytest.approx(paper_total, rel=1e-9)
+    assert facts["kappa_total_paper"] == pytest.approx(paper_total, rel=1e-12)
+    sparse = facts["sparse_steps"]
+    assert np.all(kappas[: iterations - sparse] == 0) and np.all(np.diff(kappas) >= 0)
+    if iterations != 500:  # the official staircase would not keep the total
+        assert (
+            abs(
+                kappa_schedule(iterations, dense, 0.005, 50, "official", 500)[0].sum() - paper_total
+            )
+            > 0.01
+        )
+
+
+def test_scaled_schedule_is_official_at_the_paper_budget_and_reaches_top_level() -> None:
+    np.testing.assert_array_equal(compressed_staircase(250, 0.005), official_staircase(250, 0.005))
+    stairs = compressed_staircase(24, 0.005)
+    assert stairs[0] == 0.0 and stairs[-1] == pytest.approx(0.005)
+    # full-shot MTIL's 1000-iteration budget: 300 sparse steps, interval 6
+    assert kappa_schedule(80, 0.7, 0.005, 50, "paper_total", 1000)[0].sum() == pytest.approx(0.75)
+
+
+def test_rank_scales_with_width() -> None:
+    assert scaled_rank(16, 768) == 16
+    assert scaled_rank(16, 128) == 3
+    assert scaled_rank(16, 32) == 2  # floor of 2
+    assert scaled_rank(8, 512) == 5
+
+
+def make_ctx(
+    width: int, world: str = "toy", task_agnostic: bool = True, paper_iterations: int = 500
+) -> RunContext:
+    return RunContext(
+        torch.device("cpu"),
+        0,
+        "xtail" if task_agnostic else "mtil",
+        task_agnostic,
+        world,
+        10,
+        paper_iterations,
+        1e-4,
+        width,
+        lambda t: torch.zeros(len(t), 16, dtype=torch.long),
+    )
+
+
+def make_task(iterations: int = 80) -> Task:
+    return Task(
+        0,
+        "aircraft",
+        ("a", "b"),
+        ("a photo of a.", "a photo of b."),
+        torch.zeros(2, 16, dtype=torch.long),
+        iterations,
+        4,
+        10,
+    )
+
+
+def test_drslora_trainable_parameters_on_vit_b16() -> None:
+    import open_clip
+
+    model = open_clip.create_model("ViT-B-16", pretrained=None)
+    backbone = Backbone(model, lambda t: t, 224, (0.5,) * 3, (0.5,) * 3, "ViT-B-16", "random")
+    ctx = make_ctx(backbone.width, world="real")
+    learner = DRSLoRA(backbone, DRSLoRA.Config(), ctx)
+    assert learner.rank == 16
+    learner.begin_task(make_task(500))
+    assert learner.trainable_parameter_count() == 4_425_984  # CoDyRA reports 4.4M
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 4_425_984
+    assert ctx.derived["drslora.kappa_schedule"] == "official" and ctx.derived["drslora.kappa"][
+        "kappa_total"
+    ] == pytest.approx(XTAIL_TOTAL)
+
+
+def test_config_fields_are_settable() -> None:
+    cfg = build_config(
+        DRSLoRA,
+        {
+            "kappa_max": "0.01",
+            "encoders": "vision",
+            "kinds": "q,v",
+            "dense_fraction": "0.6",
+            "kappa_schedule": "official",
+            "rank": "8",
+        },
+    )
+    assert (
+        cfg.kappa_max,
+        cfg.encoders,
+        cfg.kinds,
+        cfg.dense_fraction,
+        cfg.kappa_schedule,
+        cfg.rank,
+    ) == (0.01, ("vision",), ("q", "v"), 0.6, "official", 8)
+    assert build_config(DRSLoRA, {"dense_fraction": "none"}).dense_fraction is None
+    gated = build_config(GatedLoRA, {"gate_threshold": "0.2", "score_lr_budget_scaling": "false"})
+    assert (
+        gated.gate_threshold == 0.2
+        and gated.score_lr_budget_scaling is False
+        and gated.weight_decay == 0.1
+    )
+    with pytest.raises(UserError):
+        build_config(DRSLoRA, {"kappa_schedule": "linear"})
+    assert (
+        get_learner("lora") is LoRA
+        and get_learner("drslora") is DRSLoRA
+        and get_learner("gated_lora") is GatedLoRA
+    )
+
+
+def test_bad_targets_are_user_errors() -> None:
+    from cl_bench.models.tiny import random_tiny_clip
+
+    backbone = random_tiny_clip()
+    with pytest.raises(UserError, match="encoders"):
+        LoRA(backbone, build_config(LoRA, {"encoders": "audio"}), make_ctx(32))
+    with pytest.raises(UserError, match="dense_fraction"):
+        DRSLoRA(backbone, build_config(DRSLoRA, {"dense_fraction": "1.5"}), make_ctx(32))
+
+
+def run_learner(
+    tmp_path,
+    learner: str,
+    overrides: dict[str, str] | None = None,
+    setting: str = "xtail",
+    iterations: int = 12,
+) -> Engine:
+    cfg = RunConfig(
+        setting=setting,
+        learner=learner,
+        world="toy",
+        iterations=iterations,
+        batch_size=8,
+        seed=0,
+        out=str(tmp_path / learner),
+        max_tasks=2,
+        eval_limit=12,
+        overrides=overrides or {},
+    )
+    engine = Engine(cfg, world=FakeWorld())
+    engine.run()
+    return engine
+
+
+@pytest.mark.parametrize("learner", ["lora", "drslora", "gated_lora"])
+def test_short_run_learns_and_merges_cleanly(tmp_path, learner: str) -> None:
+    overrides = {"lr": "5e-3"} | (
+        {"score_lr_budget_scaling": "false"} if learner == "gated_lora" else {}
+    )
+    engine = run_learner(tmp_path, learner, overrides)  # unscaled scores: gates stay open 12 steps
+    model = engine.learner.model
+    base = FakeWorld().backbone(torch.device("cpu")).model
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters())
+    assert set(model.state_dict()) == set(base.state_dict())
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, base.get_parameter(n))]
+    assert changed and all(
+        n.endswith(("in_proj_weight", "out_proj.weight", "c_fc.weight", "c_proj.weight"))
+        for n in changed
+    )
+    manifest = engine.manifest
+    assert manifest["status"] == "finished" and manifest["extra_inference_parameters"] == 0
+    width, rank = 32, 2  # the tiny model: r = max(2, round(16 * 32 / 768))
+    per_layer = (
+        3 * rank * 2 * width + rank * (width + width) + 2 * rank * (width + 2 * width)
+    )  # q,k,v + out + fc,proj (mlp_ratio 2)
+    expected = 2 * per_layer + (
+        2 * 6 * rank if learner == "drslora" else 2 * 6 if learner == "gated_lora" else 0
+    )
+    assert [t["trainable_parameters"] for t in manifest["tasks"]] == [expected, expected]
+    assert manifest["derived"][f"{learner}.rank"] == rank
+    acc = pd.read_parquet(engine.run_dir / "accuracy.parquet")
+    rows0 = acc[acc.after_task == 0].set_index("eval_dataset")["correct"]
+    rows2 = acc[acc.after_task == 2].set_index("eval_dataset")["correct"]
+    assert not rows0.equals(rows2)  # training changed the predictions
+
+
+def test_drslora_prunes_and_records_ranks(tmp_path) -> None:
+    engine = run_learner(tmp_path, "drslora", {"lr": "5e-3", "kappa_max": "0.2"}, setting="mtil")
+    ranks = pd.read_parquet(engine.run_dir / "ranks.parquet")
+    assert set(ranks.columns) >= {
+        "after_task",
+        "task",
+        "encoder",
+        "layer",
+        "kind",
+        "rank",
+        "surviving",
+    }
+    assert len(ranks) == 2 * 12 and set(ranks.after_task) == {1, 2}  # 2 tasks x 12 matrices
+    assert (ranks["rank"] == 2).all() and ranks.surviving.between(0, 2).all()
+    assert ranks.surviving.sum() < ranks["rank"].sum()  # a large κ prunes
+    derived = engine.manifest["derived"]
+    assert (
+        derived["drslora.dense_fraction"] == 0.7
+        and derived["drslora.kappa_schedule"] == "paper_total"
+    )
+    assert derived["drslora.kappa"]["sparse_steps"] == 12 - round(0.7 * 12)
+    assert set(derived["drslora.surviving_fraction_per_task"]) == {"aircraft", "caltech101"}
+
+
+def test_gated_lora_records_gates(tmp_path) -> None:
+    engine = run_learner(tmp_path, "gated_lora", {"lr": "5e-3"})
+    gates = pd.read_parquet(engine.run_dir / "gates.parquet")
+    assert len(gates) == 2 * 12 and set(gates.columns) >= {
+        "after_task",
+        "encoder",
+        "layer",
+        "kind",
+        "score",
+        "active",
+    }
+    assert (gates.active == (gates.score >= 0.1)).all()
+    assert (gates.score < 0.15).any()  # the |s| penalty moved scores down
+    derived = engine.manifest["derived"]
+    assert derived["gated_lora.score_lr"] == pytest.approx(5e-3 * 500 / 12)
