@@ -21,6 +21,7 @@ and the reported ratio is the median over repeats. The load average is reported 
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import tempfile
@@ -72,7 +73,11 @@ class BenchResult:
     wall_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON values; NaN (no training for a non-training learner) becomes None."""
+        return {
+            k: None if isinstance(v, float) and math.isnan(v) else v
+            for k, v in asdict(self).items()
+        }
 
 
 def _sync(device: torch.device) -> None:
@@ -138,7 +143,7 @@ def _materialise_eval(engine: Engine, backbone, test_sets, batch_size: int):
         for name, s in test_sets.items():
             images[name] = [
                 backbone.normalize(
-                    torch.from_numpy(np.ascontiguousarray(s.images[i : i + batch_size])).to(
+                    torch.from_numpy(np.array(s.images[i : i + batch_size])).to(
                         engine.device
                     )
                 )
@@ -177,6 +182,7 @@ def run_bench(
     seed: int = 0,
     world_obj: DataWorld | None = None,
     overrides: dict[str, str] | None = None,
+    threads: int | None = None,
 ) -> BenchResult:
     """Measure engine vs bare training and evaluation; see the module docstring."""
     if steps < 1 or repeats < 1:
@@ -187,7 +193,7 @@ def run_bench(
         cfg = RunConfig(
             setting=setting, learner=learner, world=world, iterations=steps, seed=seed,
             out=os.path.join(tmp, "run"), device=device, precision=precision,
-            eval_limit=eval_limit, overrides=dict(overrides or {}),
+            eval_limit=eval_limit, overrides=dict(overrides or {}), threads=threads,
         )  # fmt: skip
         engine = Engine(cfg, world=world_obj)
         s = engine.setting

@@ -114,6 +114,10 @@ def run(
     precision: Annotated[
         str, typer.Option(help="fp32, bf16 or fp16 (autocast, fp32 master weights; fp16 CUDA only).")
     ] = "fp32",
+    threads: Annotated[
+        int | None,
+        typer.Option(help="torch CPU threads (default: all cores; 1 is faster on a busy machine)."),
+    ] = None,
 ) -> None:
     """Stream a setting's tasks through a learner; write accuracy/summary parquet + manifest."""
     from cl_bench.config import RunConfig, load_config_file
@@ -124,7 +128,7 @@ def run(
         "iterations": iterations, "batch_size": batch_size, "seed": seed, "out": out, "resume": resume,
         "force": force, "device": device, "model": model, "pretrained": pretrained, "data_root": data_root,
         "eval_limit": eval_limit, "max_tasks": max_tasks,
-        "precision": precision,
+        "precision": precision, "threads": threads,
     }  # fmt: skip
     for key, value in flags.items():  # flags given on the command line beat the file
         source = ctx.get_parameter_source(key)
@@ -268,6 +272,11 @@ def sweep(
     jobs: Annotated[int, typer.Option(help="Runs in parallel (local processes).")] = 1,
     executor: Annotated[str, typer.Option(help="Where runs execute: local.")] = "local",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
+    threads: Annotated[
+        int | None,
+        typer.Option(help="torch CPU threads per run (default: cores // --jobs when --jobs > 1)."),
+    ] = None,
     eval_limit: Annotated[
         int | None, typer.Option(help="At most N test images per dataset (quick looks).")
     ] = None,
@@ -294,7 +303,7 @@ def sweep(
     base = RunConfig(
         setting=setting, world=world, order=order, shots=shots, iterations=iterations,
         batch_size=batch_size, overrides=_parse_sets(set_ or []), device=device,
-        eval_limit=eval_limit, max_tasks=max_tasks,
+        precision=precision, threads=threads, eval_limit=eval_limit, max_tasks=max_tasks,
     )  # fmt: skip
     base.validate()
     runner = make_executor(executor, jobs)
@@ -351,6 +360,9 @@ def bench(
     repeats: Annotated[int, typer.Option(help="Engine/bare pairs; the median ratio is reported.")] = 3,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
+    threads: Annotated[
+        int | None, typer.Option(help="torch CPU threads (default: all cores).")
+    ] = None,
     eval_limit: Annotated[
         int | None, typer.Option(help="At most N test images per dataset.")
     ] = None,
@@ -364,7 +376,7 @@ def bench(
 
     result = run_bench(
         setting=setting, learner=learner, world=world, steps=steps, repeats=repeats,
-        device=device, precision=precision, eval_limit=eval_limit,
+        device=device, precision=precision, eval_limit=eval_limit, threads=threads,
         overrides=_parse_sets(set_ or []),
     )  # fmt: skip
     if as_json:

@@ -39,6 +39,7 @@ class RunConfig:
     max_tasks: int | None = None  # only the first N tasks of the stream (quick looks, tests)
     log_every: int = 10
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast compute dtype (cl_bench.precision)
+    threads: int | None = None  # torch CPU threads (None = torch's default: all cores)
 
     def validate(self) -> None:
         if self.world not in WORLDS:
@@ -52,6 +53,7 @@ class RunConfig:
             "eval_limit",
             "max_tasks",
             "log_every",
+            "threads",
         ):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -68,7 +70,7 @@ class RunConfig:
 
     def identity(self) -> dict[str, Any]:
         """The keys that define the numbers (resume refuses when these differ)."""
-        skip = {"out", "resume", "force", "device", "eval_batch_size", "log_every"}
+        skip = {"out", "resume", "force", "device", "eval_batch_size", "log_every", "threads"}
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
     def hash(self) -> str:

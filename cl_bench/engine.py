@@ -9,6 +9,7 @@ any training (zero-shot).
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,9 @@ from cl_bench.results import (
 )
 from cl_bench.settings import Setting, resolve_setting
 from cl_bench.worlds import get_world
+
+# Config keys that name the run (its rows' identity columns): --force cannot change them.
+RESUME_FIXED_KEYS = ("setting", "learner", "world", "order", "shots", "seed")
 
 
 class Reporter(Protocol):
@@ -149,6 +153,8 @@ class Engine:
             raise UserError("--device cuda but no CUDA device is available; use --device cpu")
         self.device = torch.device(cfg.device)
         self.eval_cache = EvalCache()  # text classifiers / image features across evaluations
+        if cfg.threads is not None:  # shared CPUs: fewer threads than cores can be much faster
+            torch.set_num_threads(cfg.threads)
         missing = self.world.check(list(self.setting.eval_datasets))
         if missing:
             raise UserError(f"the {cfg.world} world is not ready: " + " | ".join(missing))
@@ -251,6 +257,8 @@ class Engine:
                 "image_size": backbone.image_size,
             },
             "versions": versions(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_1min": round(os.getloadavg()[0], 2),  # context for the wall times
             "splits": {
                 n: {**previous_splits.get(n, {}), "test": s.ids_hash} for n, s in test_sets.items()
             },
@@ -352,11 +360,20 @@ class Engine:
         return old.to_dict("records")
 
     def _check_resume_config(self, saved_hash: str) -> None:
-        if saved_hash == self.cfg.hash() or self.cfg.force:
+        if saved_hash == self.cfg.hash():
             return
         old = read_manifest(self.run_dir).get("config", {})
         new = self.cfg.identity()
-        diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
+        changed = [k for k, v in new.items() if old.get(k) != v]
+        diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed]
+        # Rows carry these columns: resuming with others would mix two runs in one table.
+        fixed = [k for k in changed if k in RESUME_FIXED_KEYS]
+        if fixed:
+            raise UserError(
+                f"--resume cannot change {', '.join(fixed)} ({'; '.join(diff)}): the completed tasks' rows belong to the old run; start a new run with another --out"
+            )
+        if self.cfg.force:
+            return
         raise UserError(
             f"--resume with a different config ({'; '.join(diff) or 'config hash differs'}); use the original flags or add --force"
         )

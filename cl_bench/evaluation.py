@@ -145,7 +145,10 @@ def uint8_batches(
 ) -> Iterator[torch.Tensor]:
     """Consecutive uint8 NHWC batches on `device`; pinned + non-blocking copies on CUDA."""
     for start in range(0, len(images), batch_size):
-        chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        array = np.ascontiguousarray(images[start : start + batch_size])
+        if not array.flags.writeable:  # a read-only memmap slice: torch wants its own copy
+            array = array.copy()
+        chunk = torch.from_numpy(array)
         if device.type == "cuda":
             chunk = chunk.pin_memory().to(device, non_blocking=True)
         yield chunk

@@ -47,6 +47,7 @@ GROUP_FIELDS = (
     "iterations",
     "stream",
     "eval_limit",
+    "precision",
 )
 FILTER_FLAGS = {"setting": "--setting", "world": "--world", "order": "--order", "shots": "--shots"}
 
@@ -116,6 +117,7 @@ def _run_group(acc: pd.DataFrame, manifest: dict[str, Any]) -> dict[str, Any]:
         "iterations": setting.get("iterations"),
         "stream": " ".join(setting.get("datasets", [])),
         "eval_limit": manifest.get("config", {}).get("eval_limit"),
+        "precision": manifest.get("config", {}).get("precision", "fp32"),
     }
 
 

@@ -20,7 +20,16 @@ NOTE = (
     "(no trainable parameters, e.g. zeroshot) are not ranked. Transfer has no value for the "
     "first dataset of the stream."
 )
-GROUP_ORDER = ("world", "model", "setting", "order", "shots", "iterations", "eval_limit")
+GROUP_ORDER = (
+    "world",
+    "model",
+    "setting",
+    "order",
+    "shots",
+    "iterations",
+    "precision",
+    "eval_limit",
+)
 
 
 def _number(unit: str, value: float) -> str:

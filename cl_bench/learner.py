@@ -44,6 +44,8 @@ BUILTIN_LEARNERS: dict[str, str] = {
     "lora": "cl_bench.learners.lora:LoRA",
     "drslora": "cl_bench.learners.drslora:DRSLoRA",
     "gated_lora": "cl_bench.learners.gated_lora:GatedLoRA",
+    "resora": "cl_bench.learners.resora:ReSoRA",
+    "clip_ast": "cl_bench.learners.clip_ast:CLIPAST",
 }
 
 

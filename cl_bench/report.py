@@ -78,7 +78,9 @@ def plot_accuracy_matrix(acc: pd.DataFrame, title: str, path: Path) -> Path:
         for j in range(mat.shape[1]):
             if not np.isnan(mat[i, j]):
                 color = _text_color(im, mat[i, j])
-                ax.text(j, i, fmt.format(mat[i, j]), ha="center", va="center", color=color, fontsize=8)
+                ax.text(
+                    j, i, fmt.format(mat[i, j]), ha="center", va="center", color=color, fontsize=8
+                )
     for t in range(1, min(len(rows), n_stream + 1)):  # the task just learned: acc[t, t]
         ax.add_patch(plt.Rectangle((t - 1.5, t - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
     if n_stream < len(cols):
@@ -153,7 +155,10 @@ def plot_site_grid(
     fig, axes = plt.subplots(
         len(encoders),
         len(tasks),
-        figsize=(0.3 * len(kinds) * len(tasks) + 2, 1.6 + 0.35 * df["layer"].nunique() * len(encoders)),
+        figsize=(
+            0.3 * len(kinds) * len(tasks) + 2,
+            1.6 + 0.35 * df["layer"].nunique() * len(encoders),
+        ),
         squeeze=False,
         layout="constrained",
     )
@@ -175,15 +180,27 @@ def plot_site_grid(
                 for j in range(grid.shape[1]):
                     if not np.isnan(grid[i, j]):
                         color = _text_color(im, grid[i, j])
-                        ax.text(j, i, annot_fmt.format(notes[i, j]), ha="center", va="center", fontsize=6, color=color)
-            ax.set_xticks(range(len(kinds)), kinds if r == len(encoders) - 1 else [], rotation=90, fontsize=7)
+                        ax.text(
+                            j,
+                            i,
+                            annot_fmt.format(notes[i, j]),
+                            ha="center",
+                            va="center",
+                            fontsize=6,
+                            color=color,
+                        )
+            ax.set_xticks(
+                range(len(kinds)), kinds if r == len(encoders) - 1 else [], rotation=90, fontsize=7
+            )
             ax.set_yticks(range(len(layers)), layers if c == 0 else [], fontsize=7)
             if r == 0:
                 ax.set_title(f"{t} {name}", fontsize=8)
             if c == 0:
                 ax.set_ylabel(f"{enc}\nlayer", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    bar = fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label=label, aspect=30)
+    bar = fig.colorbar(
+        im, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label=label, aspect=30
+    )
     if tick_labels:
         n = len(tick_labels)
         bar.set_ticks([vmax * (k + 0.5) / n for k in range(n)], labels=tick_labels)
@@ -207,9 +224,16 @@ def plot_fraction_per_task(
     for kind in dict.fromkeys(df["kind"]):
         ax.plot(x, frac(df[df["kind"] == kind]), "-o", ms=3, lw=1, label=f"kind {kind}")
     for enc, style in zip(sorted(df["encoder"].unique()), ("--", ":", "-."), strict=False):
-        ax.plot(x, frac(df[df["encoder"] == enc]), style, color="dimgray", lw=2, label=f"{enc} encoder")
+        ax.plot(
+            x, frac(df[df["encoder"] == enc]), style, color="dimgray", lw=2, label=f"{enc} encoder"
+        )
     ax.plot(x, frac(df), "-", color="black", lw=2.5, label="all matrices")
-    ax.set_xticks(x, [f"{t} {n}" for t, n in zip(tasks["after_task"], tasks["task"], strict=True)], rotation=45, ha="right")
+    ax.set_xticks(
+        x,
+        [f"{t} {n}" for t, n in zip(tasks["after_task"], tasks["task"], strict=True)],
+        rotation=45,
+        ha="right",
+    )
     ax.set_ylim(-0.03, 1.05)
     ax.set_xlabel("task")
     ax.set_ylabel(ylabel)
@@ -225,7 +249,9 @@ def report_run(run_dir: Path, out: Path | None = None) -> list[Path]:
     manifest = read_manifest(run_dir)
     acc = read_parquet(run_dir / ACCURACY_FILE)
     if acc.empty:
-        raise UserError(f"{run_dir / ACCURACY_FILE} has no rows yet; wait for the zero-shot evaluation")
+        raise UserError(
+            f"{run_dir / ACCURACY_FILE} has no rows yet; wait for the zero-shot evaluation"
+        )
     out = Path(out) if out else run_dir / "plots"
     title = _run_title(manifest, acc)
     if manifest.get("status") != "finished":
@@ -280,13 +306,24 @@ def compare_runs(
         means = np.array([c.mean for c in cells])
         stds = np.array([c.std if c.n > 1 else 0.0 for c in cells])
         x = np.arange(len(groups)) - 0.4 + width * (i + 0.5)
-        bars = ax.bar(x, means, width, yerr=stds, capsize=3, color=cmap(i % 10), label=f"{row.label} (n={row.seeds})")
+        bars = ax.bar(
+            x,
+            means,
+            width,
+            yerr=stds,
+            capsize=3,
+            color=cmap(i % 10),
+            label=f"{row.label} (n={row.seeds})",
+        )
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
     g = runs[0].group
     ax.set_xticks(np.arange(len(groups)), groups)
     ax.set_ylabel("mean accuracy (%)  ± std over seeds")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(f"Learners compared · {g['world']} {g['setting']} order {g['order']} · {g['model']}", fontsize=10)
+    ax.set_title(
+        f"Learners compared · {g['world']} {g['setting']} order {g['order']} · {g['model']}",
+        fontsize=10,
+    )
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     return _save(fig, Path(out)), skipped

@@ -66,9 +66,18 @@ def expand_learners(text: str) -> list[str]:
     return parse_list(text, "--learners")
 
 
-def _config_diff(old: dict, new: RunConfig) -> str:
-    diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.identity().items() if old.get(k) != v]
-    return "; ".join(diff) or "config hash differs"
+def config_diff(old: dict, new: RunConfig) -> list[str]:
+    """Identity keys that differ; a key the old run's manifest lacks had its default value
+    (runs made before a RunConfig field existed stay comparable)."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    diff = []
+    for key, value in new.identity().items():
+        before = old.get(key, defaults.get(key))
+        if before != value:
+            diff.append(f"{key}: {before!r} -> {value!r}")
+    return diff
 
 
 def plan_jobs(base: RunConfig, learners: list[str], seeds: list[int], out: Path) -> list[Job]:
@@ -95,10 +104,9 @@ def plan_jobs(base: RunConfig, learners: list[str], seeds: list[int], out: Path)
             action = "run"
             if (run_dir / MANIFEST_FILE).exists():
                 manifest = read_manifest(run_dir)
-                if manifest.get("config_hash") != cfg.hash():
-                    conflicts.append(
-                        f"{run_dir} ({_config_diff(manifest.get('config', {}), cfg)})"
-                    )
+                diff = config_diff(manifest.get("config", {}), cfg)
+                if diff:
+                    conflicts.append(f"{run_dir} ({'; '.join(diff)})")
                     continue
                 action = "skip" if manifest.get("status") == "finished" else "resume"
             jobs.append(Job(learner, seed, replace(cfg, resume=action == "resume"), action))
@@ -114,6 +122,7 @@ def run_args(cfg: RunConfig) -> list[str]:
     """The `clbench run` arguments that reproduce cfg."""
     args = ["run", "--setting", cfg.setting, "--learner", cfg.learner, "--world", cfg.world]
     args += ["--seed", str(cfg.seed), "--out", str(cfg.out), "--device", cfg.device]
+    args += ["--precision", cfg.precision]
     optional = {
         "--order": cfg.order,
         "--shots": cfg.shots,
@@ -121,6 +130,7 @@ def run_args(cfg: RunConfig) -> list[str]:
         "--batch-size": cfg.batch_size,
         "--eval-limit": cfg.eval_limit,
         "--max-tasks": cfg.max_tasks,
+        "--threads": cfg.threads,
     }
     for flag, value in optional.items():
         if value is not None:
@@ -171,12 +181,16 @@ class LocalHandle:
         return " / ".join(line.strip() for line in text[-lines:] if line.strip())
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class LocalExecutor:
     """`jobs` worker processes on this machine, each an ordinary `clbench run`.
 
-    With several jobs, each child gets cpu_count // jobs intra-op threads (OMP_NUM_THREADS)
-    unless the caller set OMP_NUM_THREADS already, so the processes do not oversubscribe.
+    With several jobs and no --threads, each child gets cpu_count // jobs intra-op threads
+    (OMP_NUM_THREADS, unless the caller set it), so the processes do not oversubscribe.
     """
 
     jobs: int = 1
@@ -188,7 +202,7 @@ class LocalExecutor:
 
     def submit(self, job: Job) -> LocalHandle:
         env = dict(os.environ)
-        if self.jobs > 1 and "OMP_NUM_THREADS" not in env:
+        if self.jobs > 1 and job.config.threads is None and "OMP_NUM_THREADS" not in env:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
         log = tempfile.TemporaryFile()  # anonymous: the worker's console output, for errors
         process = subprocess.Popen(
@@ -198,6 +212,7 @@ class LocalExecutor:
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,  # the sweep forwards Ctrl-C itself (see cancel)
+            preexec_fn=_default_sigint,  # even when the sweep was started with SIGINT ignored
         )
         return LocalHandle(process, log)
 
@@ -218,6 +233,7 @@ def make_executor(name: str, jobs: int) -> Executor:
 class CellState:
     status: str  # queued | running | finished | skipped | failed
     detail: str = ""
+    started_s: float = 0.0  # time.monotonic() when submitted
 
 
 class Watcher(Protocol):
@@ -263,11 +279,16 @@ def run_sweep(
             while pending and len(running) < executor.capacity:
                 job = pending.pop(0)
                 running[job] = executor.submit(job)
-                states[job] = CellState("running", "resuming" if job.action == "resume" else "")
+                states[job] = CellState(
+                    "running", "resuming" if job.action == "resume" else "", time.monotonic()
+                )
             for job, handle in list(running.items()):
                 code = handle.poll()
                 if code is None:
-                    states[job].detail = progress_of(job.run_dir)
+                    elapsed_s = time.monotonic() - states[job].started_s
+                    states[job].detail = f"{progress_of(job.run_dir)} · {elapsed_s:.0f} s".lstrip(
+                        " ·"
+                    )
                     continue
                 del running[job]
                 states[job] = (

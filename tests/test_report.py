@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_leaderboard import BASE, BASE_HOLDOUT, STREAM, make_run
 
 from cl_bench.errors import UserError
 from cl_bench.report import compare_runs, report_run
 from cl_bench.results import write_parquet
-from test_leaderboard import BASE, BASE_HOLDOUT, STREAM, make_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -30,7 +30,13 @@ def site_rows(rng: np.random.Generator) -> list[dict]:
             for layer in range(layers):
                 for kind in ("q", "k", "v", "out", "fc", "proj"):
                     rows.append(
-                        {"after_task": t, "task": name, "encoder": encoder, "layer": layer, "kind": kind}
+                        {
+                            "after_task": t,
+                            "task": name,
+                            "encoder": encoder,
+                            "layer": layer,
+                            "kind": kind,
+                        }
                     )
     return rows
 
@@ -68,16 +74,14 @@ def test_report_writes_every_plot_the_run_supports(tmp_path: Path) -> None:
 def test_report_of_a_real_drslora_run(tmp_path: Path) -> None:
     """The learner's own ranks.parquet columns are the ones the plots read."""
     import torch
+    from fakeworld import FakeWorld
 
     from cl_bench.config import RunConfig
     from cl_bench.engine import run
-    from fakeworld import FakeWorld
 
     torch.set_num_threads(1)
     out = tmp_path / "run"
-    run(
-        RunConfig(learner="drslora", iterations=3, max_tasks=2, out=str(out)), world=FakeWorld()
-    )
+    run(RunConfig(learner="drslora", iterations=3, max_tasks=2, out=str(out)), world=FakeWorld())
     paths = report_run(out)
     assert all(p.parent == out / "plots" for p in paths)
     assert_pngs(

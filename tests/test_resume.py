@@ -25,6 +25,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fakeworld import FakeWorld
+
+from cl_bench.checkpoint import load_checkpoint
+from cl_bench.config import RunConfig
+from cl_bench.engine import Engine, run
+from cl_bench.errors import RunFailed, UserError
+from cl_bench.learner import available_learners, get_learner
+from cl_bench.results import lock_run_dir, read_manifest
 
 HERE = Path(__file__).resolve().parent
 NUM_TASKS = 4
@@ -117,12 +125,6 @@ def child_main(out: str, spec: str, resume: bool) -> None:
     import torch
 
     torch.set_num_threads(1)
-    sys.path.insert(0, str(HERE))
-    from fakeworld import FakeWorld
-
-    from cl_bench.config import RunConfig
-    from cl_bench.engine import run
-
     _install_kill(spec)
     cfg = RunConfig(
         setting="xtail",
@@ -151,8 +153,6 @@ def _tables(run_dir: Path) -> dict[str, pd.DataFrame]:
 
 
 def _weights(run_dir: Path) -> dict:
-    from cl_bench.checkpoint import load_checkpoint
-
     state = load_checkpoint(run_dir)[0]
     return state["model"]
 
@@ -245,6 +245,190 @@ def test_sigkill_at_every_kind_of_point_then_resume_is_exact(
     out = tmp_path / "run"
     _kill_chain_then_resume(out, KILL_CHAIN_FULL)
     _assert_same_run(out, reference)
+
+
+# ---------------------------------------------------------------------------------------
+# In-process checks: every learner, config changes, guards, damaged files
+# ---------------------------------------------------------------------------------------
+
+
+def _cfg(out: Path, **kw) -> RunConfig:
+    base = dict(
+        setting="xtail", learner="finetune", iterations=3, batch_size=8, max_tasks=2, log_every=1
+    )
+    return RunConfig(**{**base, **kw, "out": str(out)})
+
+
+def _run(cfg: RunConfig):
+    return run(cfg, world=FakeWorld())
+
+
+@pytest.mark.parametrize("name", sorted(available_learners()))
+def test_every_learner_resumes_exactly_at_a_task_boundary(name, tmp_path, monkeypatch) -> None:
+    """Interrupt before task 2, resume: rows, train log and records equal the uninterrupted run."""
+    cls = get_learner(name)
+    cfg = dict(learner=name, iterations=2)
+    want = _run(_cfg(tmp_path / "ref", **cfg))
+    original = cls.begin_task
+
+    def interrupt(self, task):
+        if task.index == 1:
+            raise KeyboardInterrupt
+        original(self, task)
+
+    monkeypatch.setattr(cls, "begin_task", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _run(_cfg(tmp_path / "cut", **cfg))
+    assert read_manifest(tmp_path / "cut")["status"] == "interrupted"
+    monkeypatch.setattr(cls, "begin_task", original)
+    got = _run(_cfg(tmp_path / "cut", **cfg, resume=True))
+    assert got.manifest["resumed_at_task"] == 1
+    pd.testing.assert_frame_equal(got.accuracy, want.accuracy, check_exact=True)
+    files = sorted(p.name for p in (tmp_path / "ref").glob("*.parquet"))
+    assert files == sorted(p.name for p in (tmp_path / "cut").glob("*.parquet"))
+    for name_ in files:
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(tmp_path / "cut" / name_),
+            pd.read_parquet(tmp_path / "ref" / name_),
+            check_exact=True,
+            obj=name_,
+        )
+
+
+@pytest.fixture
+def one_task_run(tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    _run(_cfg(out, max_tasks=1))
+    return out
+
+
+def test_resume_with_a_different_config_is_refused_with_the_keys(one_task_run: Path) -> None:
+    manifest = json.loads((one_task_run / "manifest.json").read_text())
+    manifest["status"] = "interrupted"
+    (one_task_run / "manifest.json").write_text(json.dumps(manifest))
+    changed = _cfg(one_task_run, max_tasks=2, iterations=4, resume=True)
+    with pytest.raises(UserError) as err:
+        Engine(changed, world=FakeWorld())
+    msg = str(err.value)
+    assert "iterations: 3 -> 4" in msg and "max_tasks: 1 -> 2" in msg and "--force" in msg
+    # the run's identity (its rows' columns) cannot change, not even with --force
+    other_seed = _cfg(one_task_run, max_tasks=2, seed=1, resume=True, force=True)
+    with pytest.raises(UserError, match="--resume cannot change seed .*seed: 0 -> 1"):
+        Engine(other_seed, world=FakeWorld())
+    # --force accepts the rest: task 2 runs with the new config on top of task 1
+    changed.force = True
+    out = _run(changed)
+    assert sorted(out.accuracy["after_task"].unique()) == [0, 1, 2]
+    assert out.manifest["resumed_at_task"] == 1
+
+
+def test_a_finished_run_dir_is_never_overwritten_silently(one_task_run: Path) -> None:
+    with pytest.raises(UserError, match="already holds a finished run; pass --force"):
+        Engine(_cfg(one_task_run, max_tasks=1), world=FakeWorld())
+    with pytest.raises(UserError, match="already finished; nothing to resume"):
+        Engine(_cfg(one_task_run, max_tasks=1, resume=True), world=FakeWorld())
+
+
+def test_force_restart_clears_the_old_checkpoint_and_tables(one_task_run: Path) -> None:
+    """An old checkpoint must not leak into a forced fresh run (it would be resumed later)."""
+    Engine(_cfg(one_task_run, max_tasks=1, force=True), world=FakeWorld())._clear_outputs()
+    assert not (one_task_run / "checkpoint").exists()
+    assert not (one_task_run / "accuracy.parquet").exists()
+    assert not (one_task_run / "train_log.parquet").exists()
+
+
+def test_resume_with_nothing_to_resume_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="holds no run to resume; drop --resume"):
+        Engine(_cfg(tmp_path / "empty", resume=True), world=FakeWorld())
+
+
+def test_a_second_process_cannot_write_the_same_run_dir(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with lock_run_dir(out):
+        with pytest.raises(UserError, match="being written by another clbench process"):
+            _run(_cfg(out, max_tasks=1))
+    _run(_cfg(out, max_tasks=1))  # the lock is released with its holder
+
+
+NAN_LEARNER = """
+from baselines.finetune import Finetune
+
+
+class NanAtTask2(Finetune):
+    def train_step(self, batch, step):
+        out = super().train_step(batch, step)
+        if step.task_index == 1 and step.step == 2:
+            return {"loss": float("nan")}
+        return out
+"""
+
+
+def test_non_finite_loss_stops_naming_task_and_step_and_keeps_completed_tasks(
+    tmp_path: Path,
+) -> None:
+    learner_file = tmp_path / "nan_learner.py"
+    learner_file.write_text(NAN_LEARNER)
+    out = tmp_path / "run"
+    cfg = _cfg(out, learner=f"{learner_file}:NanAtTask2", max_tasks=3, log_every=2)
+    with pytest.raises(RunFailed) as err:
+        _run(cfg)
+    assert "non-finite loss (nan) at task 2 (caltech101), step 3" in str(err.value)
+    manifest = read_manifest(out)
+    assert manifest["status"] == "failed" and "step 3" in manifest["error"]
+    assert [t["task"] for t in manifest["tasks"]] == [1]
+    acc = pd.read_parquet(out / "accuracy.parquet")
+    assert sorted(acc["after_task"].unique()) == [0, 1]
+    assert load_checkpoint(out)[1] == 1  # resumable from the last completed task
+
+
+def test_train_step_returning_no_dict_is_a_clear_error(tmp_path: Path) -> None:
+    learner_file = tmp_path / "bad_learner.py"
+    learner_file.write_text(
+        "from baselines.finetune import Finetune\n"
+        "class ReturnsLoss(Finetune):\n"
+        "    def train_step(self, batch, step):\n"
+        "        return super().train_step(batch, step)['loss']\n"
+    )
+    with pytest.raises(UserError, match="train_step returned a Tensor; return a dict of scalars"):
+        _run(_cfg(tmp_path / "run", learner=f"{learner_file}:ReturnsLoss", max_tasks=1))
+
+
+def _interrupted(run_dir: Path) -> None:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["status"] = "interrupted"
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_truncated_checkpoint_tensors_name_the_file(one_task_run: Path) -> None:
+    _interrupted(one_task_run)
+    tensors = one_task_run / "checkpoint" / "tensors-001.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:1000])
+    with pytest.raises(UserError, match=r"tensors-001.safetensors is corrupt or truncated"):
+        _run(_cfg(one_task_run, max_tasks=1, resume=True))
+
+
+def test_corrupt_checkpoint_meta_names_the_file(one_task_run: Path) -> None:
+    _interrupted(one_task_run)
+    (one_task_run / "checkpoint" / "meta.json").write_text('{"completed_tasks": 1')
+    with pytest.raises(UserError, match=r"checkpoint .*meta.json is corrupt"):
+        _run(_cfg(one_task_run, max_tasks=1, resume=True))
+
+
+def test_corrupt_accuracy_parquet_names_the_file(one_task_run: Path) -> None:
+    _interrupted(one_task_run)
+    path = one_task_run / "accuracy.parquet"
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(UserError, match=r"accuracy.parquet is corrupt or truncated"):
+        _run(_cfg(one_task_run, max_tasks=1, resume=True))
+
+
+def test_accuracy_rows_missing_for_a_checkpointed_task_is_an_error(one_task_run: Path) -> None:
+    _interrupted(one_task_run)
+    path = one_task_run / "accuracy.parquet"
+    acc = pd.read_parquet(path)
+    acc[acc["after_task"] == 0].to_parquet(path, index=False)
+    with pytest.raises(UserError, match=r"lacks the rows after task\(s\) \[1\]"):
+        _run(_cfg(one_task_run, max_tasks=1, resume=True))
 
 
 if __name__ == "__main__":

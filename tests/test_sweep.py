@@ -71,7 +71,9 @@ def test_plan_names_runs_like_the_engine_and_validates(tmp_path: Path) -> None:
         "toy-xtail-finetune-seed1",
     ]
     assert {j.action for j in jobs} == {"run"}
-    mtil = plan_jobs(replace(BASE, setting="mtil", shots=5, order="II"), ["zeroshot"], [3], tmp_path)
+    mtil = plan_jobs(
+        replace(BASE, setting="mtil", shots=5, order="II"), ["zeroshot"], [3], tmp_path
+    )
     assert mtil[0].run_dir.name == "toy-mtil-orderII-5shot-zeroshot-seed3"
     args = run_args(jobs[2].config)
     assert args[:2] == ["run", "--setting"] and "--resume" not in args
@@ -88,28 +90,28 @@ def test_plan_names_runs_like_the_engine_and_validates(tmp_path: Path) -> None:
 
 def test_sweep_is_idempotent_and_resumes_unfinished_runs(tmp_path: Path) -> None:
     executor = InlineExecutor()
-    jobs = plan_jobs(BASE, ["zeroshot", "finetune"], [0, 1], tmp_path)
+    jobs = plan_jobs(BASE, ["zeroshot", "finetune"], [0], tmp_path)
     states = run_sweep(jobs, executor, poll_s=0)
     check_states(states)
-    assert {s.status for s in states.values()} == {"finished"} and len(executor.submitted) == 4
+    assert {s.status for s in states.values()} == {"finished"} and len(executor.submitted) == 2
     for j in jobs:
         assert json.loads((j.run_dir / "manifest.json").read_text())["status"] == "finished"
 
     # Second sweep: every run is finished -> nothing is submitted.
-    again = plan_jobs(BASE, ["zeroshot", "finetune"], [0, 1], tmp_path)
+    again = plan_jobs(BASE, ["zeroshot", "finetune"], [0], tmp_path)
     assert {j.action for j in again} == {"skip"}
     executor2 = InlineExecutor()
     assert {s.status for s in run_sweep(again, executor2, poll_s=0).values()} == {"skipped"}
     assert executor2.submitted == []
 
     # An interrupted run is resumed (--resume), the others stay skipped.
-    manifest_path = tmp_path / "toy-xtail-finetune-seed1" / "manifest.json"
+    manifest_path = tmp_path / "toy-xtail-finetune-seed0" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["status"] = "interrupted"
     manifest_path.write_text(json.dumps(manifest))
-    third = plan_jobs(BASE, ["zeroshot", "finetune"], [0, 1], tmp_path)
+    third = plan_jobs(BASE, ["zeroshot", "finetune"], [0], tmp_path)
     resumed = [j for j in third if j.action == "resume"]
-    assert [(j.learner, j.seed) for j in resumed] == [("finetune", 1)]
+    assert [(j.learner, j.seed) for j in resumed] == [("finetune", 0)]
     assert "--resume" in run_args(resumed[0].config)
     executor3 = InlineExecutor()
     check_states(run_sweep(third, executor3, poll_s=0))
@@ -141,7 +143,9 @@ def test_local_executor_runs_processes_and_reports_failures(tmp_path: Path) -> N
         "    def train_step(self, batch, step):\n"
         "        raise RuntimeError('boom in train_step')\n"
     )
-    jobs = plan_jobs(BASE, ["zeroshot", f"{broken}:Broken"], [0], tmp_path / "runs")
+    jobs = plan_jobs(
+        replace(BASE, max_tasks=1), ["zeroshot", f"{broken}:Broken"], [0], tmp_path / "runs"
+    )
     executor = LocalExecutor(jobs=2, program=[sys.executable, str(program)])
     states = run_sweep(jobs, executor, poll_s=0.2)
     by_learner = {j.learner.split(":")[-1]: states[j] for j in jobs}

@@ -37,7 +37,7 @@ def random_split(pool: Pool, train_fraction: float, seed: int) -> tuple[Pool, Po
     return ordered.subset(perm[:n_train]), ordered.subset(perm[n_train:])
 
 
-def few_shot(pool: Pool, shots: int, seed: int, dataset: str) -> Pool:
+def few_shot(pool: Pool, shots: int, seed: int, dataset: str, num_classes: int) -> Pool:
     """Exactly `shots` samples per class: the first ones of each class after a seeded shuffle."""
     perm = seeded_permutation(len(pool), seed)
     taken: dict[int, int] = {}
@@ -47,11 +47,7 @@ def few_shot(pool: Pool, shots: int, seed: int, dataset: str) -> Pool:
         if taken.get(y, 0) < shots:
             taken[y] = taken.get(y, 0) + 1
             keep.append(i)
-    counts = (
-        np.bincount(pool.labels, minlength=int(pool.labels.max()) + 1)
-        if len(pool)
-        else np.zeros(0, int)
-    )
+    counts = np.bincount(pool.labels, minlength=num_classes)  # a class with no image is short too
     short = [(c, int(n)) for c, n in enumerate(counts) if n < shots]
     if short:
         listed = ", ".join(f"class {c}: {n}" for c, n in short[:5])

@@ -153,7 +153,7 @@ class RealWorld(DataWorld):
                 self._pools[whole_key] = whole
             pool = self._pools[(spec.name, split, None, split_seed)]
         if shots and split == "train":
-            pool = few_shot(pool, shots, split_seed, spec.name)
+            pool = few_shot(pool, shots, split_seed, spec.name, spec.num_classes)
         if len(pool) == 0:
             raise UserError(
                 f"{spec.name}: the {split} split is empty; check the dataset under {self.data_root}"

@@ -20,7 +20,7 @@ from cl_bench.data.toy.render import ClassBank, make_class_bank, render
 
 GENERATOR_VERSION = 1
 GENERATOR_SEED = 20_261_123
-FINAL_DOMAIN_STYLE_FRACTION = 0.6  # the end of the curriculum: 60 % domain styles, 40 % generic
+FINAL_DOMAIN_STYLE_FRACTION = 0.6  # end of the curriculum: 60 % of style-seen concepts' images in the domain style
 
 
 def class_bank_seed(domain_index: int) -> list[int]:
@@ -34,6 +34,7 @@ class Concepts:
     domain_index: np.ndarray  # [K]
     class_index: np.ndarray  # [K]
     probability: np.ndarray  # [K], sums to 1
+    style_seen: np.ndarray  # [K] bool: pre-training shows this concept in its domain style
 
 
 class PretrainDistribution:
@@ -45,16 +46,18 @@ class PretrainDistribution:
         self.concepts = self._concepts()
 
     def _concepts(self) -> Concepts:
-        dom, cls, prob = [], [], []
+        dom, cls, prob, seen = [], [], [], []
         for d, spec in enumerate(self.specs):
             c = len(spec.classnames)
-            rank = np.random.default_rng([GENERATOR_SEED, d, 11]).permutation(c)
+            rng = np.random.default_rng([GENERATOR_SEED, d, 11])
+            rank = rng.permutation(c)
             w = (rank + 1.0) ** -spec.zipf
             dom.append(np.full(c, d))
             cls.append(np.arange(c))
             prob.append(spec.coverage * w / w.sum())
+            seen.append(rng.permutation(c) < round(spec.style_seen * c))
         p = np.concatenate(prob)
-        return Concepts(np.concatenate(dom), np.concatenate(cls), p / p.sum())
+        return Concepts(np.concatenate(dom), np.concatenate(cls), p / p.sum(), np.concatenate(seen))
 
     def concept_offsets(self) -> np.ndarray:
         """Global concept id of each domain's class 0 (ids = offset[domain] + class)."""
@@ -64,7 +67,7 @@ class PretrainDistribution:
     def sample(self, n: int, rng: np.random.Generator, domain_style_fraction: float) -> tuple[np.ndarray, list[str], np.ndarray]:
         """uint8 images [n, H, W, 3], captions, global concept ids [n]."""
         k = rng.choice(self.concepts.probability.shape[0], size=n, p=self.concepts.probability)
-        use_domain = rng.uniform(0, 1, n) < domain_style_fraction
+        use_domain = (rng.uniform(0, 1, n) < domain_style_fraction) & self.concepts.style_seen[k]
         template_u = rng.uniform(0, 1, n)
         dom, cls = self.concepts.domain_index[k], self.concepts.class_index[k]
         size = self.banks[0].fields.shape[-1]

@@ -1,0 +1,120 @@
+"""Where the time of a toy run goes: one task's training and one evaluation, profiled.
+
+    python benchmarks/profile_toy.py --learner drslora --steps 20 --threads 1
+
+Runs the engine's own paths (`Engine._train`, `Engine._evaluate`) under torch.profiler and
+groups CPU time by what it is spent on: matmuls, attention, other tensor ops, the optimizer,
+and Python/engine overhead (wall time not covered by any op). It also times the text side of
+an evaluation (the classifiers) apart from the image side. Prints a markdown table and the
+per-phase totals that, scaled by the protocol's counts (10 tasks x iterations, 11
+evaluations), give the cost of a full run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections import defaultdict
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from cl_bench.config import RunConfig
+from cl_bench.engine import Engine, seed_everything
+from cl_bench.evaluation import text_classifier
+from cl_bench.learner import Task
+
+GROUPS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution"),
+    "attention": ("aten::_scaled_dot_product", "aten::_native_multi_head_attention", "aten::_softmax"),
+    "optimizer": ("Optimizer.step", "Optimizer.zero_grad", "aten::_foreach"),
+}
+
+
+def _group(name: str) -> str:
+    for group, prefixes in GROUPS.items():
+        if name.startswith(prefixes):
+            return group
+    return "other tensor ops"
+
+
+def _breakdown(prof, wall_s: float) -> dict[str, float]:
+    """Self CPU seconds per group; the rest of the wall time is Python/engine/idle."""
+    out: dict[str, float] = defaultdict(float)
+    for evt in prof.key_averages():
+        if evt.key.startswith("Optimizer."):
+            out["optimizer"] += evt.self_cpu_time_total / 1e6
+        elif evt.key.startswith("aten::"):
+            out[_group(evt.key)] += evt.self_cpu_time_total / 1e6
+    out["python, engine, waiting"] = max(0.0, wall_s - sum(out.values()))
+    return dict(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--learner", default="drslora")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--eval-limit", type=int, default=None)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = RunConfig(
+            learner=args.learner, iterations=args.steps, out=f"{tmp}/run", threads=args.threads,
+            precision=args.precision, eval_limit=args.eval_limit,
+        )  # fmt: skip
+        engine = Engine(cfg)
+        s = engine.setting
+        seed_everything(cfg.seed)
+        backbone = engine.world.backbone(engine.device)
+        engine.backbone = backbone
+        infos = {n: engine.world.dataset_info(n) for n in s.eval_datasets}
+        tests = engine._load_test_sets(backbone)
+        ctx = engine._make_context(backbone)
+        learner = engine.learner_cls(backbone, engine.learner_cfg, ctx)
+        engine.learner = learner
+        name = s.datasets[0]
+        train = engine.world.load_split(name, "train", s.shots, s.split_seed, backbone.image_size)
+        prompts = tuple(infos[name].prompts(0))
+        task = Task(0, name, infos[name].classnames, prompts, ctx.tokenize(list(prompts)), args.steps, s.batch_size, len(s.datasets))  # fmt: skip
+
+        learner.begin_task(task)
+        with profile(activities=[ProfilerActivity.CPU]) as prof_train:
+            t0 = time.perf_counter()
+            if learner.trains:
+                engine._train(0, task, learner, backbone, train, [])
+            train_s = time.perf_counter() - t0
+        learner.end_task(task)
+        model = learner.eval_model()
+        model.eval()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for n in s.eval_datasets:
+                text_classifier(model, backbone.tokenizer, infos[n], engine.device)
+        text_s = time.perf_counter() - t0
+        engine.eval_cache.enabled = False
+        with profile(activities=[ProfilerActivity.CPU]) as prof_eval:
+            t0 = time.perf_counter()
+            engine._evaluate(learner, backbone, infos, tests, 1, name)
+            eval_s = time.perf_counter() - t0
+
+    images = sum(len(t) for t in tests.values())
+    print(f"threads {torch.get_num_threads()}, learner {args.learner}, {args.precision}")
+    print(f"train: {args.steps} steps in {train_s:.2f} s ({train_s / args.steps * 1e3:.0f} ms/step)")
+    print(
+        f"eval: {images} images in {eval_s:.2f} s ({images / eval_s:.0f} img/s); "
+        f"text classifiers alone {text_s:.2f} s ({text_s / eval_s:.0%} of the evaluation)"
+    )
+    rows = {"train step": _breakdown(prof_train, train_s), "evaluation": _breakdown(prof_eval, eval_s)}
+    groups = sorted({g for r in rows.values() for g in r})
+    print("\n| share of wall time | " + " | ".join(rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    for g in groups:
+        cells = [f"{rows[r].get(g, 0.0) / (train_s if r == 'train step' else eval_s):.0%}" for r in rows]
+        print(f"| {g} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

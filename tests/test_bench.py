@@ -1,0 +1,78 @@
+"""`clbench bench` on the tiny generated world: it runs both paths, they agree, it reports.
+
+Nothing here asserts a speed (a shared CI machine cannot promise one); the ratios' bounds
+are checked by hand and recorded in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from fakeworld import FakeWorld
+from typer.testing import CliRunner
+
+from cl_bench.bench import format_result, run_bench
+from cl_bench.cli import app
+from cl_bench.errors import UserError
+
+JSON_KEYS = {"train_ratio", "eval_ratio", "train_steps_per_s", "eval_images_per_s", "peak_rss_mb"}
+
+
+def test_bench_measures_both_paths_for_a_training_learner():
+    r = run_bench(
+        learner="finetune", steps=3, repeats=2, world_obj=FakeWorld(), overrides={"lr": "1e-3"}
+    )
+    assert len(r.train_ratios) == 2 and len(r.eval_ratios) == 2
+    for value in (
+        r.train_ratio,
+        r.eval_ratio,
+        r.train_steps_per_s,
+        r.eval_images_per_s,
+        r.peak_rss_mb,
+    ):
+        assert math.isfinite(value) and value > 0
+    assert r.eval_images == 13 * 6 * 3 + 6 * 6  # 13 fake datasets, 3-4 classes x 6 images
+    # finetune changes both towers every repeat: every evaluation re-encodes every prompt
+    assert r.text_cache["text_hits"] == 0 and r.text_cache["text_misses"] == 2 * 13
+    assert "ratio" in format_result(r)
+
+
+def test_bench_of_a_non_training_learner_reports_eval_only_and_hits_the_cache():
+    r = run_bench(learner="zeroshot", steps=2, repeats=2, world_obj=FakeWorld())
+    assert math.isnan(r.train_ratio) and r.train_ratios == []
+    assert r.text_cache == {
+        "text_hits": 13,
+        "text_misses": 13,
+        "image_hits": 13,
+        "image_misses": 13,
+    }
+
+
+def test_bench_rejects_bad_counts():
+    with pytest.raises(UserError, match="--steps and --repeats"):
+        run_bench(steps=0, world_obj=FakeWorld())
+
+
+def test_cli_json_has_the_documented_keys(monkeypatch):
+    monkeypatch.setattr("cl_bench.engine.get_world", lambda cfg: FakeWorld())
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--learner",
+            "finetune",
+            "--steps",
+            "2",
+            "--repeats",
+            "1",
+            "--json",
+            "--set",
+            "lr=1e-3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output.strip().splitlines()[-1])
+    assert JSON_KEYS <= data.keys()
+    assert data["learner"] == "finetune" and data["steps"] == 2
