@@ -105,6 +105,15 @@ def run(
     data_root: Annotated[
         str | None, typer.Option(help="Real world: directory holding the datasets.")
     ] = None,
+    split_dir: Annotated[
+        str | None, typer.Option(help="Real world: directory of CoOp-style split JSON files.")
+    ] = None,
+    reference_images: Annotated[
+        str | None, typer.Option(help="Real world: reference image folder for ZSCL.")
+    ] = None,
+    reference_captions: Annotated[
+        str | None, typer.Option(help="Real world: reference caption list (one per line) for ZSCL.")
+    ] = None,
     eval_limit: Annotated[
         int | None, typer.Option(help="At most N test images per dataset (quick looks).")
     ] = None,
@@ -127,7 +136,8 @@ def run(
         "setting": setting, "learner": learner, "world": world, "order": order, "shots": shots,
         "iterations": iterations, "batch_size": batch_size, "seed": seed, "out": out, "resume": resume,
         "force": force, "device": device, "model": model, "pretrained": pretrained, "data_root": data_root,
-        "eval_limit": eval_limit, "max_tasks": max_tasks,
+        "eval_limit": eval_limit, "max_tasks": max_tasks, "split_dir": split_dir,
+        "reference_images": reference_images, "reference_captions": reference_captions,
         "precision": precision, "threads": threads,
     }  # fmt: skip
     for key, value in flags.items():  # flags given on the command line beat the file
@@ -324,8 +334,7 @@ def report(
         Path | None, typer.Option(help="Folder for the PNGs (default RUN_DIR/plots).")
     ] = None,
 ) -> None:
-    """PNG plots of one run: accuracy matrix, accuracy across the stream, training curves,
-    drslora rank allocation, gated_lora active blocks."""
+    """PNG plots of one run: accuracy matrix and curves, training curves, drslora ranks, gates."""
     from cl_bench.report import report_run
 
     for path in report_run(run_dir, out):
@@ -395,7 +404,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     _mount_optional("data", "cl_bench.data.real.cli", "Real datasets: prepare and check.")
     try:
-        app(args=args, standalone_mode=False, prog_name="clbench")
+        rc = app(args=args, standalone_mode=False, prog_name="clbench")
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except UserError as exc:
         if debug:
             traceback.print_exc()

@@ -34,6 +34,9 @@ class RunConfig:
     model: str | None = None  # real world: open_clip model name (default ViT-B-16)
     pretrained: str | None = None  # real world: weights tag (default openai)
     data_root: str | None = None  # real world: where datasets live
+    split_dir: str | None = None  # real world: CoOp-style split JSON files to use
+    reference_images: str | None = None  # real world: reference image folder (ZSCL)
+    reference_captions: str | None = None  # real world: reference caption list file (ZSCL)
     eval_batch_size: int = 256
     eval_limit: int | None = None  # at most this many test images per dataset (quick looks, tests)
     max_tasks: int | None = None  # only the first N tasks of the stream (quick looks, tests)

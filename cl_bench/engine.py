@@ -47,8 +47,21 @@ from cl_bench.results import (
 from cl_bench.settings import Setting, resolve_setting
 from cl_bench.worlds import get_world
 
-# Config keys that name the run (its rows' identity columns): --force cannot change them.
-RESUME_FIXED_KEYS = ("setting", "learner", "world", "order", "shots", "seed")
+# Config keys that decide what the rows are (identity columns, evaluated datasets, test
+# sets): --force cannot change them on --resume. The rest (iterations, batch size, learner
+# hyperparameters, precision, data root) may change with --force, e.g. a lower lr after a NaN.
+RESUME_FIXED_KEYS = (
+    "setting",
+    "learner",
+    "world",
+    "order",
+    "shots",
+    "seed",
+    "max_tasks",
+    "eval_limit",
+    "model",
+    "pretrained",
+)
 
 
 class Reporter(Protocol):

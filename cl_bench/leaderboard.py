@@ -155,7 +155,13 @@ def load_run(run_dir: Path) -> RunRecord:
 
 
 def _describe(group: dict[str, Any], fields: Iterable[str]) -> str:
-    return " ".join(f"{f}={group[f]}" for f in fields)
+    def show(f: str) -> str:
+        names = str(group[f]).split()
+        if f == "stream" and len(names) > 2:  # the full key, shortened for one error line
+            return f"{len(names)} tasks {names[0]}..{names[-1]}"
+        return str(group[f])
+
+    return " ".join(f"{f}={show(f)}" for f in fields)
 
 
 def collect_runs(

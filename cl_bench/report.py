@@ -288,12 +288,10 @@ def compare_runs(
     dirs: list[Path], out: Path, filters: dict[str, Any] | None = None
 ) -> tuple[Path, list[tuple[Path, str]]]:
     """Bars of mean Transfer / Average / Last (and hold-out) per learner, std over seeds."""
-    from cl_bench.leaderboard import collect_runs, metric_tables
+    from cl_bench.leaderboard import collect_runs, holdout_table, metric_tables
 
     runs, skipped = collect_runs(dirs, filters)
     table = metric_tables(runs, ["transfer", "average", "last"], per_dataset=False)[0]
-    from cl_bench.leaderboard import holdout_table
-
     holdout = holdout_table(runs)
     groups = [c.name for c in table.columns] + (["Hold-out"] if holdout else [])
     plt = _pyplot()

@@ -20,9 +20,18 @@ def get_world(cfg: RunConfig) -> DataWorld:
     module, _, attr = WORLD_CLASSES[cfg.world].partition(":")
     cls = getattr(importlib.import_module(module), attr)
     if cfg.world == "real":
-        return cls(model=cfg.model, pretrained=cfg.pretrained, data_root=cfg.data_root)
-    if cfg.model or cfg.pretrained or cfg.data_root:
+        return cls(
+            model=cfg.model,
+            pretrained=cfg.pretrained,
+            data_root=cfg.data_root,
+            split_dir=cfg.split_dir,
+            reference_images=cfg.reference_images,
+            reference_captions=cfg.reference_captions,
+        )
+    real_only = ("model", "pretrained", "data_root", "split_dir", "reference_images", "reference_captions")
+    given = [f"--{k.replace('_', '-')}" for k in real_only if getattr(cfg, k)]
+    if given:
         raise UserError(
-            "--model/--pretrained/--data-root apply to --world real only; the toy world ships its own CLIP"
+            f"{', '.join(given)} apply to --world real only; the toy world ships its own CLIP and data"
         )
     return cls()

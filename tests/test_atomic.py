@@ -8,7 +8,6 @@ back as exactly one complete version.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal

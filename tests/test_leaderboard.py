@@ -263,3 +263,13 @@ def test_cli_writes_file_and_mixing_exits_2(runs: Path, tmp_path: Path, capsys) 
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--setting" in err[0]
+
+
+def test_unknown_metric_format_and_empty_dirs_are_user_errors(runs: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--metric"):
+        render_leaderboard([runs], metric="best")
+    with pytest.raises(UserError, match="--format"):
+        render_leaderboard([runs], fmt="xlsx")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no finished runs"):
+        render_leaderboard([tmp_path / "empty"])

@@ -263,7 +263,14 @@ def _run(cfg: RunConfig):
     return run(cfg, world=FakeWorld())
 
 
-@pytest.mark.parametrize("name", sorted(available_learners()))
+# finetune and drslora in the default suite; every other registered learner with -m slow.
+SWEEP = [
+    n if n in ("finetune", "drslora") else pytest.param(n, marks=pytest.mark.slow)
+    for n in sorted(available_learners())
+]
+
+
+@pytest.mark.parametrize("name", SWEEP)
 def test_every_learner_resumes_exactly_at_a_task_boundary(name, tmp_path, monkeypatch) -> None:
     """Interrupt before task 2, resume: rows, train log and records equal the uninterrupted run."""
     cls = get_learner(name)
@@ -306,20 +313,19 @@ def test_resume_with_a_different_config_is_refused_with_the_keys(one_task_run: P
     manifest = json.loads((one_task_run / "manifest.json").read_text())
     manifest["status"] = "interrupted"
     (one_task_run / "manifest.json").write_text(json.dumps(manifest))
-    changed = _cfg(one_task_run, max_tasks=2, iterations=4, resume=True)
+    changed = _cfg(one_task_run, max_tasks=1, iterations=4, overrides={"lr": "1e-5"}, resume=True)
     with pytest.raises(UserError) as err:
         Engine(changed, world=FakeWorld())
     msg = str(err.value)
-    assert "iterations: 3 -> 4" in msg and "max_tasks: 1 -> 2" in msg and "--force" in msg
-    # the run's identity (its rows' columns) cannot change, not even with --force
-    other_seed = _cfg(one_task_run, max_tasks=2, seed=1, resume=True, force=True)
-    with pytest.raises(UserError, match="--resume cannot change seed .*seed: 0 -> 1"):
-        Engine(other_seed, world=FakeWorld())
-    # --force accepts the rest: task 2 runs with the new config on top of task 1
+    assert "iterations: 3 -> 4" in msg and "'lr': '1e-5'" in msg and "add --force" in msg
+    # what the rows are (identity, datasets, test sets) cannot change, not even with --force
+    for key, value in [("seed", 1), ("max_tasks", 2), ("eval_limit", 5)]:
+        other = _cfg(one_task_run, **{"max_tasks": 1, key: value}, resume=True, force=True)
+        with pytest.raises(UserError, match=f"--resume cannot change {key} "):
+            Engine(other, world=FakeWorld())
+    # --force accepts the rest
     changed.force = True
-    out = _run(changed)
-    assert sorted(out.accuracy["after_task"].unique()) == [0, 1, 2]
-    assert out.manifest["resumed_at_task"] == 1
+    Engine(changed, world=FakeWorld())
 
 
 def test_a_finished_run_dir_is_never_overwritten_silently(one_task_run: Path) -> None:
