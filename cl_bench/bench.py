@@ -14,9 +14,13 @@ pre-normalized on the device, scored against the union classifier (X-TAIL) or ea
 own. Both must count the same correct predictions; a mismatch is a bug and stops the bench.
 
 Robustness on a shared machine: each repeat is one task (begin_task, engine and bare
-training, end_task, engine and bare evaluation); the order inside a pair alternates between
-repeats, a repeat's ratio compares two measurements taken seconds apart under the same load,
-and the reported ratio is the median over repeats. The load average is reported alongside.
+training, end_task, engine and bare evaluation). Training alternates engine and bare blocks of
+`BLOCK_STEPS` steps (each block replays the same batches), evaluation alternates whole
+evaluations, the order flipping each time; a repeat's ratio compares measurements taken
+under the same load, and the reported ratio is the median over repeats. Process CPU time is
+reported beside wall time: on a machine shared by many, CPU time is the stable measure (and
+approximates the wall time of an idle machine with one thread). The load average is reported
+alongside.
 """
 
 from __future__ import annotations
@@ -38,10 +42,12 @@ from cl_bench.config import RunConfig
 from cl_bench.data.world import DataWorld
 from cl_bench.engine import BatchStream, Engine, seed_everything
 from cl_bench.errors import RunFailed, UserError
-from cl_bench.evaluation import text_classifier
+from cl_bench.evaluation import EvalCache, text_classifier
 from cl_bench.learner import Batch, StepInfo, Task
 from cl_bench.precision import autocast
 from cl_bench.provenance import peak_rss_mb
+
+BLOCK_STEPS = 10  # training is timed in interleaved blocks (= the default log_every)
 
 
 @dataclass
@@ -61,13 +67,15 @@ class BenchResult:
     eval_images_per_s: float  # engine, median over repeats
     bare_train_steps_per_s: float
     bare_eval_images_per_s: float
+    train_cpu_ms_per_step: float  # engine, process CPU time: what an idle machine would take
+    eval_images_per_cpu_s: float
     peak_rss_mb: float  # whole bench process (engine + the bare path's pre-materialised copies)
     peak_cuda_mb: float | None
     train_ratios: list[float] = field(default_factory=list)
     eval_ratios: list[float] = field(default_factory=list)
     train_cpu_ratio: float = float("nan")  # process CPU time ratio (less sensitive to load)
     eval_cpu_ratio: float = float("nan")
-    text_cache: dict[str, int] = field(default_factory=dict)
+    text_cache: dict[str, int] = field(default_factory=dict)  # engine evaluations, summed
     torch_threads: int = 0
     load_average_1min: tuple[float, float] = (0.0, 0.0)  # before, after
     wall_s: float = 0.0
@@ -143,9 +151,7 @@ def _materialise_eval(engine: Engine, backbone, test_sets, batch_size: int):
         for name, s in test_sets.items():
             images[name] = [
                 backbone.normalize(
-                    torch.from_numpy(np.array(s.images[i : i + batch_size])).to(
-                        engine.device
-                    )
+                    torch.from_numpy(np.array(s.images[i : i + batch_size])).to(engine.device)
                 )
                 for i in range(0, len(s), batch_size)
             ]
@@ -187,11 +193,14 @@ def run_bench(
     """Measure engine vs bare training and evaluation; see the module docstring."""
     if steps < 1 or repeats < 1:
         raise UserError(f"--steps and --repeats must be >= 1, got {steps} and {repeats}")
+    block = min(steps, BLOCK_STEPS)  # steps per engine call / bare loop, interleaved
+    blocks = steps // block
+    steps = blocks * block
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="clbench-bench-") as tmp:
         cfg = RunConfig(
-            setting=setting, learner=learner, world=world, iterations=steps, seed=seed,
+            setting=setting, learner=learner, world=world, iterations=block, seed=seed,
             out=os.path.join(tmp, "run"), device=device, precision=precision,
             eval_limit=eval_limit, overrides=dict(overrides or {}), threads=threads,
         )  # fmt: skip
@@ -209,9 +218,9 @@ def run_bench(
         name = s.datasets[0]
         train = engine.world.load_split(name, "train", s.shots, s.split_seed, backbone.image_size)
         prompts = tuple(infos[name].prompts(0))
-        task = Task(0, name, infos[name].classnames, prompts, ctx.tokenize(list(prompts)), steps, s.batch_size, len(s.datasets))  # fmt: skip
+        task = Task(0, name, infos[name].classnames, prompts, ctx.tokenize(list(prompts)), block, s.batch_size, len(s.datasets))  # fmt: skip
         holdout = tuple(h for h in s.holdout if h not in s.datasets)
-        train_batches = _materialise_train(engine, backbone, train, steps, s.batch_size, seed)
+        train_batches = _materialise_train(engine, backbone, train, block, s.batch_size, seed)
         eval_x, eval_y = _materialise_eval(engine, backbone, test_sets, cfg.eval_batch_size)
         eval_images = sum(len(t) for t in test_sets.values())
         if engine.device.type == "cuda":
@@ -219,6 +228,7 @@ def run_bench(
 
         tr = {"engine": [], "bare": []}
         ev = {"engine": [], "bare": []}
+        cache_stats: dict[str, int] = {}
         for r in range(repeats):
             learn.begin_task(task)
             if learn.trains:
@@ -230,8 +240,13 @@ def run_bench(
                         learn, train_batches, task, engine.device, precision
                     ),
                 }
-                for kind in ("engine", "bare") if r % 2 == 0 else ("bare", "engine"):
-                    wall, cpu, _ = _timed(phases[kind], engine.device)
+                sums = {"engine": [0.0, 0.0], "bare": [0.0, 0.0]}
+                for b in range(blocks):  # fine interleaving: both paths see the same load
+                    for kind in ("engine", "bare") if (r + b) % 2 == 0 else ("bare", "engine"):
+                        wall, cpu, _ = _timed(phases[kind], engine.device)
+                        sums[kind][0] += wall
+                        sums[kind][1] += cpu
+                for kind, (wall, cpu) in sums.items():
                     tr[kind].append((wall, cpu))
             learn.end_task(task)
             counts = {}
@@ -243,7 +258,16 @@ def run_bench(
                 ),
             }  # fmt: skip
             for kind in ("engine", "bare") if r % 2 == 0 else ("bare", "engine"):
+                if kind == "engine" and learn.trains:
+                    # As after a task that changed both towers: no cache hit is credited (the
+                    # bench's short blocks may leave a model bit-identical, e.g. drslora
+                    # pruning every rank), the snapshot cost is paid.
+                    engine.eval_cache = EvalCache()
+                before = engine.eval_cache.stats()
                 wall, cpu, out = _timed(phases[kind], engine.device)
+                if kind == "engine":
+                    for k, v in engine.eval_cache.stats().items():
+                        cache_stats[k] = cache_stats.get(k, 0) + v - before[k]
                 ev[kind].append((wall, cpu))
                 counts[kind] = (
                     {row["eval_dataset"]: row["correct"] for row in out}
@@ -258,8 +282,8 @@ def run_bench(
     def ratio(d, i):
         return [e[i] / b[i] for e, b in zip(d["engine"], d["bare"], strict=True)]
 
-    def median_rate(d, kind, amount):
-        return amount / statistics.median(w for w, _ in d[kind]) if d[kind] else float("nan")
+    def median_rate(d, kind, amount, i=0):
+        return amount / statistics.median(x[i] for x in d[kind]) if d[kind] else float("nan")
 
     nan = float("nan")
     return BenchResult(
@@ -278,6 +302,8 @@ def run_bench(
         eval_images_per_s=median_rate(ev, "engine", eval_images),
         bare_train_steps_per_s=median_rate(tr, "bare", steps),
         bare_eval_images_per_s=median_rate(ev, "bare", eval_images),
+        train_cpu_ms_per_step=1e3 / median_rate(tr, "engine", steps, 1) if tr["engine"] else nan,
+        eval_images_per_cpu_s=median_rate(ev, "engine", eval_images, 1),
         peak_rss_mb=round(peak_rss_mb(), 1),
         peak_cuda_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1)
         if engine.device.type == "cuda"
@@ -286,7 +312,7 @@ def run_bench(
         eval_ratios=[round(x, 4) for x in ratio(ev, 0)],
         train_cpu_ratio=statistics.median(ratio(tr, 1)) if tr["engine"] else nan,
         eval_cpu_ratio=statistics.median(ratio(ev, 1)),
-        text_cache=engine.eval_cache.stats(),
+        text_cache=cache_stats,
         torch_threads=torch.get_num_threads(),
         load_average_1min=(round(load_before, 2), round(os.getloadavg()[0], 2)),
         wall_s=round(time.perf_counter() - started, 1),
@@ -303,6 +329,8 @@ def format_result(r: BenchResult) -> str:
         f"   ratio {r.train_ratio:.3f}  (repeats {r.train_ratios}; cpu-time ratio {r.train_cpu_ratio:.3f})",
         f"  eval   engine {r.eval_images_per_s:8.1f} img/s     bare {r.bare_eval_images_per_s:8.1f} img/s"
         f"     ratio {r.eval_ratio:.3f}  (repeats {r.eval_ratios}; cpu-time ratio {r.eval_cpu_ratio:.3f})",
+        f"  process CPU time (engine): {r.train_cpu_ms_per_step:.0f} ms/step, "
+        f"{r.eval_images_per_cpu_s:.0f} images per CPU-second",
         f"  text classifier cache: {r.text_cache}",
         f"  peak RSS {r.peak_rss_mb:.0f} MB"
         + (f", peak CUDA {r.peak_cuda_mb:.0f} MB" if r.peak_cuda_mb is not None else "")

@@ -171,6 +171,12 @@ class Engine:
         missing = self.world.check(list(self.setting.eval_datasets))
         if missing:
             raise UserError(f"the {cfg.world} world is not ready: " + " | ".join(missing))
+        try:  # last check, so a refused run leaves no empty directory behind
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(
+                f"cannot create the run directory {self.run_dir} ({exc.strerror}); choose another --out"
+            ) from None
 
     def _check_run_dir(self) -> None:
         if self.run_dir.exists() and not self.run_dir.is_dir():
@@ -199,9 +205,8 @@ class Engine:
             if status != "finished"
             else "pass --force to overwrite it"
         )
-        raise UserError(
-            f"{self.run_dir} already holds a {status} run; {hint}, or choose another --out"
-        )
+        what = "a finished run" if status == "finished" else f"an unfinished run (status {status})"
+        raise UserError(f"{self.run_dir} already holds {what}; {hint}, or choose another --out")
 
     # ---------------------------------------------------------------------------------
     def run(self) -> RunOutcome:
@@ -232,6 +237,7 @@ class Engine:
         start_task = 0
         previous_tasks: list[dict[str, Any]] = []
         previous_splits: dict[str, dict[str, str]] = {}
+        resumes: list[dict[str, Any]] = []  # history: a forced resume may change the config
         if resuming:
             state, start_task, config_hash, rng = ckpt.load_checkpoint(self.run_dir)
             self._check_resume_config(config_hash)
@@ -242,6 +248,14 @@ class Engine:
             # Entries of tasks after the checkpoint (written before a kill) are dropped.
             previous_tasks = [t for t in old_manifest.get("tasks", []) if t["task"] <= start_task]
             previous_splits = old_manifest.get("splits", {})
+            resumes = old_manifest.get("resumes", []) + [
+                {
+                    "at_task": start_task,
+                    "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "previous_status": old_manifest.get("status"),
+                    "config_hash": cfg.hash(),
+                }
+            ]
             ctx.derived.update(old_manifest.get("derived", {}))
             for table in old_manifest.get("record_tables", []):
                 path = self.run_dir / f"{table}.parquet"
@@ -277,6 +291,7 @@ class Engine:
             },
             "tasks": previous_tasks,
             "resumed_at_task": start_task if resuming else None,
+            "resumes": resumes,
         }
         self.manifest = manifest
         write_json(manifest, self.run_dir / MANIFEST_FILE)

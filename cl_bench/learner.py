@@ -210,7 +210,7 @@ def _load_target(target: str) -> type[Learner]:
         raise
     except Exception as exc:  # the user's module failed: name it, keep the cause
         raise UserError(
-            f"learner module {module_part!r} failed to import: {type(exc).__name__}: {exc}"
+            f"learner module {module_part!r} failed to import: {type(exc).__name__}: {exc}; fix the module or the --learner target"
         ) from exc
     cls = getattr(module, attr, None)
     if cls is None:

@@ -53,7 +53,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: malformed TOML ({exc}); fix the file") from None
     except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+        raise UserError(f"cannot read {path}: {exc.strerror}; check the path") from None
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,29 @@ def load_setting_file(name: str) -> dict[str, Any]:
             raise UserError(
                 f"{path}: unknown keys {sorted(bad)} in [{world}]; valid: {sorted(WORLD_KEYS)}"
             )
+    _check_dataset_names(path, raw)
     raw["_path"] = str(path)
     return raw
+
+
+def _check_dataset_names(path: Path, raw: dict[str, Any]) -> None:
+    """Every dataset a setting names must have its task file in tasks/datasets/."""
+    known = sorted(p.stem for p in (tasks_dir() / "datasets").glob("*.toml"))
+    lists = {"holdout": raw["holdout"]}
+    if "datasets" in raw:
+        lists["datasets"] = raw["datasets"]
+    else:
+        if not isinstance(raw["orders"], dict) or not raw["orders"]:
+            raise UserError(f"{path}: [orders] must be a table of order name -> dataset list")
+        lists.update({f"orders.{k}": v for k, v in raw["orders"].items()})
+    for key, names in lists.items():
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise UserError(f"{path}: {key} must be a list of dataset names")
+        unknown = [n for n in names if n not in known]
+        if known and unknown:
+            raise UserError(
+                f"{path}: unknown dataset(s) {unknown} in {key}; valid: {', '.join(known)} (one file each in tasks/datasets/)"
+            )
 
 
 def resolve_setting(

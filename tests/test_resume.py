@@ -247,6 +247,38 @@ def test_sigkill_at_every_kind_of_point_then_resume_is_exact(
     _assert_same_run(out, reference)
 
 
+@pytest.mark.slow
+def test_clbench_toy_run_killed_after_its_first_checkpoint_resumes_exactly(tmp_path: Path) -> None:
+    """The real command on the toy world: SIGKILL once task 1 is checkpointed, then --resume."""
+    import time
+
+    clbench = [str(Path(sys.executable).parent / "clbench"), "run", "--setting", "xtail"]
+    args = ["--learner", "finetune", "--iterations", "4", "--max-tasks", "3", "--eval-limit", "20"]
+    ref = subprocess.run([*clbench, *args, "--out", str(tmp_path / "ref")], capture_output=True)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(
+        [*clbench, *args, "--out", str(cut)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 900
+    while not (cut / "checkpoint" / "meta.json").exists() and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert json.loads((cut / "manifest.json").read_text())["status"] == "running"
+    again = subprocess.run([*clbench, *args, "--out", str(cut), "--resume"], capture_output=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for name in ("accuracy", "summary", "train_log"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(cut / f"{name}.parquet"),
+            pd.read_parquet(tmp_path / "ref" / f"{name}.parquet"),
+            check_exact=True,
+            obj=name,
+        )
+    assert json.loads((cut / "manifest.json").read_text())["resumed_at_task"] == 1
+
+
 # ---------------------------------------------------------------------------------------
 # In-process checks: every learner, config changes, guards, damaged files
 # ---------------------------------------------------------------------------------------
@@ -290,6 +322,7 @@ def test_every_learner_resumes_exactly_at_a_task_boundary(name, tmp_path, monkey
     monkeypatch.setattr(cls, "begin_task", original)
     got = _run(_cfg(tmp_path / "cut", **cfg, resume=True))
     assert got.manifest["resumed_at_task"] == 1
+    assert [r["previous_status"] for r in got.manifest["resumes"]] == ["interrupted"]
     pd.testing.assert_frame_equal(got.accuracy, want.accuracy, check_exact=True)
     files = sorted(p.name for p in (tmp_path / "ref").glob("*.parquet"))
     assert files == sorted(p.name for p in (tmp_path / "cut").glob("*.parquet"))

@@ -167,3 +167,24 @@ def test_cli_dry_run_prints_the_plan(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["sweep", "--learners", "zeroshot", "--jobs", "0", "--out", str(tmp_path)])
     assert exc.value.code == 2
+
+
+def test_grid_view_prints_state_changes_and_the_final_grid(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from cl_bench.sweep import CellState, GridView
+
+    jobs = plan_jobs(BASE, ["zeroshot", "finetune"], [0, 1], tmp_path)
+    buf = io.StringIO()
+    states = {j: CellState("queued") for j in jobs}
+    with GridView(["zeroshot", "finetune"], [0, 1], console=Console(file=buf, width=120)) as view:
+        view.update(jobs, states)
+        states[jobs[0]] = CellState("failed", "exit 1: boom")
+        view.update(jobs, states)
+        view.update(jobs, states)  # no change -> no new line
+    text = buf.getvalue()
+    assert text.count("zeroshot seed 0: queued") == 1
+    assert text.count("zeroshot seed 0: failed (exit 1: boom)") == 1
+    assert "seed 1" in text and "finetune" in text.splitlines()[-2]  # the final grid table

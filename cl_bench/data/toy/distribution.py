@@ -18,7 +18,7 @@ import numpy as np
 from cl_bench.data.toy.domains import GENERIC_TEMPLATES, DomainSpec, build_domains
 from cl_bench.data.toy.render import ClassBank, make_class_bank, render
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 3
 GENERATOR_SEED = 20_261_123
 FINAL_DOMAIN_STYLE_FRACTION = 0.6  # end of the curriculum: 60 % of style-seen concepts' images in the domain style
 

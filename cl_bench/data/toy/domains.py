@@ -31,6 +31,8 @@ class DomainSpec:
     group_mix: float = 0.0  # 0 = independent classes; toward 1 = classes differ little within a group
     noise_std: float = 0.04  # per-pixel noise (fraction of 255)
     style_seen: float = 1.0  # share of classes pre-training ever shows in the domain style (others: generic only)
+    hue_band: tuple[float, float] = (0.0, 1.0)  # (start, width) of the domain's class hues
+    shape_family: tuple[int, float, float, float] | None = None  # (blobs, sigma lo, hi, aspect); None = seeded
     compose: bool = False  # "<first word> <second word>" names: colour from the first, shape from the second
 
 
@@ -94,33 +96,33 @@ def build_domains() -> dict[str, DomainSpec]:
     """All 13 toy domains, keyed by the shared dataset names (order = generation seed index)."""
     specs = [
         DomainSpec("aircraft", _AIRCRAFT, ("a photo of a {}, a type of aircraft.", "a photo of the {}, a type of aircraft.", "a blurry photo of a {}, a type of aircraft."),
-                   "sky", "object", style_seen=0.3, coverage=0.5, zipf=1.2, group_size=4, group_mix=0.75, noise_std=0.05),
+                   "sky", "object", style_seen=0.3, hue_band=(0.5, 0.25), coverage=0.5, zipf=1.2, group_size=4, group_mix=0.75, noise_std=0.05),
         DomainSpec("caltech101", _CALTECH, ("a photo of a {}, an object on a white background.", "a studio photo of a {}, an object.", "a photo of the {}, an object on a white background."),
-                   "studio", "object", style_seen=0.6, coverage=2.0, zipf=0.3),
+                   "studio", "object", style_seen=0.6, hue_band=(0.6, 0.25), coverage=2.0, zipf=0.3),
         DomainSpec("cifar100", _CIFAR, ("a blurry photo of a {}, a small image.", "a low resolution photo of a {}, a small image.", "a small photo of the {}, a small image."),
-                   "clutter", "object", style_seen=0.5, coverage=1.5, zipf=0.5, noise_std=0.06),
+                   "clutter", "object", style_seen=0.5, hue_band=(0.2, 0.25), coverage=1.5, zipf=0.5, noise_std=0.06),
         DomainSpec("dtd", _DTD, ("a photo of a {} texture.", "a photo of a {} pattern.", "a close-up photo of a {} texture."),
-                   "fabric", "texture", style_seen=0.4, coverage=0.7, zipf=0.8),
+                   "fabric", "texture", style_seen=0.4, hue_band=(0.4, 0.3), coverage=0.7, zipf=0.8),
         DomainSpec("eurosat", _EUROSAT, ("a centered satellite photo of {}.", "a centered satellite photo of a {}.", "a centered satellite photo of the {}."),
-                   "satellite", "texture", style_seen=0.3, coverage=0.5, zipf=1.0, group_size=2, group_mix=0.5, noise_std=0.05),
+                   "satellite", "texture", style_seen=0.3, hue_band=(0.15, 0.3), coverage=0.5, zipf=1.0, group_size=2, group_mix=0.5, noise_std=0.05),
         DomainSpec("flowers102", _FLOWERS, ("a photo of a {}, a type of flower.", "a close-up photo of a {}, a type of flower.", "a photo of the {}, a type of flower."),
-                   "foliage", "object", style_seen=0.5, coverage=1.0, zipf=0.7),
+                   "foliage", "object", style_seen=0.5, hue_band=(0.8, 0.25), coverage=1.0, zipf=0.7),
         DomainSpec("food101", _FOOD, ("a photo of {}, a type of food.", "a photo of a plate of {}, a type of food.", "a close-up photo of {}, a type of food."),
-                   "plate", "object", style_seen=0.7, coverage=2.0, zipf=0.3),
+                   "plate", "object", style_seen=0.7, hue_band=(0.0, 0.25), coverage=2.0, zipf=0.3),
         DomainSpec("mnist", _MNIST, ('a photo of the number: "{}".', 'a handwritten digit: "{}".', 'a black and white photo of the number: "{}".'),
-                   "ink", "object", style_seen=0.3, coverage=0.6, zipf=0.8, noise_std=0.03),
+                   "ink", "object", shape_family=(6, 0.07, 0.12, 0.45), style_seen=0.6, hue_band=(0.0, 1.0), coverage=0.8, zipf=0.8, noise_std=0.03),
         DomainSpec("oxford_pets", _PETS, ("a photo of a {}, a type of pet.", "a photo of my {}, a type of pet.", "a close-up photo of a {}, a type of pet."),
-                   "indoor", "object", style_seen=0.6, coverage=2.0, zipf=0.2),
+                   "indoor", "object", style_seen=0.6, hue_band=(0.7, 0.25), coverage=2.0, zipf=0.2),
         DomainSpec("stanford_cars", _CARS, ("a photo of a {}, a type of car.", "a photo of my {}, a type of car.", "a photo of the {}, a type of car on the road."),
-                   "road", "object", style_seen=0.4, coverage=1.2, zipf=0.8, group_size=5, compose=True),
+                   "road", "object", style_seen=0.4, hue_band=(0.45, 0.25), coverage=1.2, zipf=0.8, group_size=5, compose=True),
         DomainSpec("sun397", _SUN, ("a photo of a {}, a type of scene.", "a photo of the {}, a type of scene.", "a wide photo of a {}, a type of scene."),
-                   "landscape", "object", style_seen=0.5, coverage=1.5, zipf=0.6, group_size=8, compose=True),
+                   "landscape", "object", style_seen=0.5, hue_band=(0.1, 0.25), coverage=1.5, zipf=0.6, group_size=8, compose=True),
         DomainSpec("places365", _PLACES, ("a photo of the {}, a type of place.", "a photo of a {}, a type of place.", "a wide photo of the {}, a type of place."),
-                   "interior", "object", style_seen=0.4, coverage=1.0, zipf=0.8, group_size=8, compose=True),
+                   "interior", "object", style_seen=0.4, hue_band=(0.3, 0.25), coverage=1.0, zipf=0.8, group_size=8, compose=True),
     ]
     taken = {c for s in specs for c in s.classnames}
     specs.append(
         DomainSpec("imagenet", _imagenet_names(100, taken), ("a photo of a {}.", "a good photo of a {}.", "a bad photo of the {}."),
-                   "varied", "object", style_seen=0.8, coverage=3.0, zipf=0.5),
+                   "varied", "object", style_seen=0.8, hue_band=(0.0, 1.0), coverage=3.0, zipf=0.5),
     )
     return {s.name: s for s in specs}

@@ -32,7 +32,8 @@ class PretrainConfig:
     generic_only_fraction: float = 0.2  # curriculum: generic style only for this share of steps
     ramp_end_fraction: float = 0.5  # ... then domain styles ramp up until this share
     seed: int = 0
-    threads: int = 2
+    threads: int = 1
+    init_logit_scale: float = 50.0  # start sharper than open_clip's 1/0.07 (see docs/toy-world.md)
 
 
 def domain_style_fraction(step: int, cfg: PretrainConfig) -> float:
@@ -67,6 +68,8 @@ def pretrain(cfg: PretrainConfig, out: Path = WEIGHTS_PATH, log: Callable[[str],
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, 1234])
     model = create_toy_clip()
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(cfg.init_logit_scale))
     model.train()
     tokenizer = toy_tokenizer()
     dist = PretrainDistribution(IMAGE_SIZE_PX)

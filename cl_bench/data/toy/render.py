@@ -38,23 +38,26 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(ax, ax, indexing="ij")  # yy, xx in (0, 1)
 
 
-def _blob_fields(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
+def _blob_fields(rng: np.random.Generator, count: int, size: int, family: tuple[int, float, float, float] = (5, 0.07, 0.16, 1.0)) -> np.ndarray:
+    """Shape fields of one shape family: (blobs, min sigma, max sigma, x/y aspect)."""
     yy, xx = _grid(size)
-    n_blobs = 5
+    n_blobs, sig_lo, sig_hi, aspect = family
     cy = rng.uniform(0.28, 0.72, (count, n_blobs, 1, 1)).astype(np.float32)
     cx = rng.uniform(0.28, 0.72, (count, n_blobs, 1, 1)).astype(np.float32)
-    sig = rng.uniform(0.07, 0.16, (count, n_blobs, 1, 1)).astype(np.float32)
+    sig = rng.uniform(sig_lo, sig_hi, (count, n_blobs, 1, 1)).astype(np.float32)
     amp = rng.uniform(0.5, 1.0, (count, n_blobs, 1, 1)).astype(np.float32)
     amp[:, -1] *= -0.8  # one negative blob carves a notch: shapes are not all convex
-    f = (amp * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sig**2))).sum(axis=1)
+    d2 = (yy - cy) ** 2 * aspect + (xx - cx) ** 2 / aspect
+    f = (amp * np.exp(-d2 / (2 * sig**2))).sum(axis=1)
     f -= f.mean(axis=(1, 2), keepdims=True)
     f /= f.std(axis=(1, 2), keepdims=True) + 1e-6
     return f.astype(np.float32)
 
 
-def _hsv_colours(rng: np.random.Generator, count: int, sat: tuple[float, float], val: tuple[float, float]) -> np.ndarray:
-    """Evenly spread hues (random offset and order) so colours inside a domain are distinct."""
-    hue = (np.arange(count) / count + rng.uniform(0, 1)) % 1.0
+def _hsv_colours(rng: np.random.Generator, count: int, sat: tuple[float, float], val: tuple[float, float], hue_band: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """Hues spread evenly over the band (random order) so colours inside a domain are distinct."""
+    centre, width = hue_band
+    hue = (centre + width * (np.arange(count) / count + rng.uniform(0, 1 / count))) % 1.0
     hue = rng.permutation(hue)
     s = rng.uniform(*sat, count)
     v = rng.uniform(*val, count)
@@ -68,19 +71,24 @@ def make_class_bank(spec: DomainSpec, seed: int, size: int) -> ClassBank:
     rng = np.random.default_rng(seed)
     c = len(spec.classnames)
     g = max(1, spec.group_size)
-    own_fields = _blob_fields(rng, c, size)
-    own_cols = _hsv_colours(rng, c, (0.55, 0.95), (0.55, 0.95))
+    # Each domain has its own shape family and hue band: classes are fine-grained within a
+    # domain and domains differ in content, not only in style (PROTOCOL.md §5).
+    family = (int(rng.integers(2, 7)), float(rng.uniform(0.05, 0.09)), float(rng.uniform(0.12, 0.2)), float(rng.uniform(0.5, 2.0)))
+    band = spec.hue_band
+    family = spec.shape_family or family
+    own_fields = _blob_fields(rng, c, size, family)
+    own_cols = _hsv_colours(rng, c, (0.55, 0.95), (0.55, 0.95), band)
     idx = np.arange(c)
     if spec.compose:  # "<colour word> <shape word>": shape from the second word, colour from the first
-        shapes = _blob_fields(rng, g, size)
-        cols = _hsv_colours(rng, (c + g - 1) // g, (0.6, 0.95), (0.6, 0.95))
+        shapes = _blob_fields(rng, g, size, family)
+        cols = _hsv_colours(rng, (c + g - 1) // g, (0.6, 0.95), (0.6, 0.95), band)
         fields = shapes[idx % g]
         colours = cols[idx // g]
     else:
         groups = idx // g
         n_groups = int(groups.max()) + 1
-        base_fields = _blob_fields(rng, n_groups, size)
-        base_cols = _hsv_colours(rng, n_groups, (0.55, 0.95), (0.55, 0.95))
+        base_fields = _blob_fields(rng, n_groups, size, family)
+        base_cols = _hsv_colours(rng, n_groups, (0.55, 0.95), (0.55, 0.95), band)
         m = spec.group_mix if g > 1 else 0.0
         fields = m * base_fields[groups] + (1 - m) * own_fields
         fields = (fields - fields.mean(axis=(1, 2), keepdims=True)) / (fields.std(axis=(1, 2), keepdims=True) + 1e-6)
@@ -222,8 +230,8 @@ def _render_style(spec: DomainSpec, bank: ClassBank, labels: np.ndarray, style: 
         return img * bright
     field = _shift(bank.fields, labels, rng, max_px=max(1, round(0.09 * size)))
     edge = (field - bank.thresholds[labels][:, None, None])[..., None]
-    if style == "ink":  # strokes: a band around the shape's outline, like handwriting
-        mask = np.exp(-((edge / 0.45) ** 2))
+    if style == "ink":  # a bright stroke along the outline over a dimmer silhouette, like handwriting
+        mask = np.clip(np.exp(-((edge / 0.25) ** 2)) + 0.55 / (1.0 + np.exp(-edge / 0.12)), 0.0, 1.0)
     else:
         mask = 1.0 / (1.0 + np.exp(-edge / 0.12))
     fill = _periodic(np.zeros(n, dtype=np.int64), bank.angles[labels], bank.freqs[labels], phase, size)[..., None]
