@@ -15,8 +15,10 @@ own. Both must count the same correct predictions; a mismatch is a bug and stops
 
 Robustness on a shared machine: each repeat is one task (begin_task, engine and bare
 training, end_task, engine and bare evaluation). Training alternates engine and bare blocks of
-`BLOCK_STEPS` steps (each block replays the same batches), evaluation alternates whole
-evaluations, the order flipping each time; a repeat's ratio compares measurements taken
+`BLOCK_STEPS` steps (each block replays the same batches); an evaluation is timed as
+`EVAL_SLICES` interleaved slices (every k-th image of every test set; the text classifiers are
+computed on the first slice by both paths, the engine through its cache), the order flipping
+each time; a repeat's ratio compares measurements taken
 under the same load, and the reported ratio is the median over repeats. Process CPU time is
 reported beside wall time: on a machine shared by many, CPU time is the stable measure (and
 approximates the wall time of an idle machine with one thread). The load average is reported
@@ -39,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from cl_bench.config import RunConfig
-from cl_bench.data.world import DataWorld
+from cl_bench.data.world import DataWorld, ImageSet
 from cl_bench.engine import BatchStream, Engine, seed_everything
 from cl_bench.errors import RunFailed, UserError
 from cl_bench.evaluation import EvalCache, text_classifier
@@ -48,6 +50,22 @@ from cl_bench.precision import autocast
 from cl_bench.provenance import peak_rss_mb
 
 BLOCK_STEPS = 10  # training is timed in interleaved blocks (= the default log_every)
+EVAL_SLICES = 4  # one evaluation is timed as this many interleaved slices of every test set
+
+
+def _slices(test_sets: dict[str, ImageSet], k: int) -> list[dict[str, ImageSet]]:
+    """Every k-th image of every test set, k ways: together exactly one evaluation's images."""
+    return [
+        {
+            n: ImageSet(
+                np.ascontiguousarray(t.images[i::k]),
+                np.asarray(t.labels[i::k]),
+                f"{t.ids_hash}-slice{i}of{k}",
+            )
+            for n, t in test_sets.items()
+        }
+        for i in range(k)
+    ]
 
 
 @dataclass
@@ -115,23 +133,35 @@ def _bare_train(learner, batches, task: Task, device: torch.device, precision: s
 
 
 def _bare_eval(
-    model, tokenize, infos, stream, holdout, task_agnostic, images, labels, device, precision
-) -> dict[str, int]:
-    """Text classifiers once per dataset + a plain forward over pre-normalized test images."""
+    model,
+    tokenize,
+    infos,
+    stream,
+    holdout,
+    task_agnostic,
+    images,
+    labels,
+    device,
+    precision,
+    plan=None,
+) -> tuple[dict[str, int], list]:
+    """Text classifiers once per dataset (unless `plan` holds them from an earlier slice of
+    the same evaluation) + a plain forward over pre-normalized test images."""
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), autocast(device, precision):
-            names = tuple(dict.fromkeys(stream + holdout))
-            clf = {n: text_classifier(model, tokenize, infos[n], device) for n in names}
-            plan = []
-            if task_agnostic:
-                union = torch.cat([clf[n] for n in stream])
-                offsets = np.cumsum([0] + [infos[n].num_classes for n in stream])[:-1]
-                plan += [(n, union, int(o)) for n, o in zip(stream, offsets, strict=True)]
-            else:
-                plan += [(n, clf[n], 0) for n in stream]
-            plan += [(n, clf[n], 0) for n in holdout]
+            if plan is None:
+                names = tuple(dict.fromkeys(stream + holdout))
+                clf = {n: text_classifier(model, tokenize, infos[n], device) for n in names}
+                plan = []
+                if task_agnostic:
+                    union = torch.cat([clf[n] for n in stream])
+                    offsets = np.cumsum([0] + [infos[n].num_classes for n in stream])[:-1]
+                    plan += [(n, union, int(o)) for n, o in zip(stream, offsets, strict=True)]
+                else:
+                    plan += [(n, clf[n], 0) for n in stream]
+                plan += [(n, clf[n], 0) for n in holdout]
             correct = {}
             for name, classifier, offset in plan:
                 count = torch.zeros((), dtype=torch.long, device=device)
@@ -139,7 +169,7 @@ def _bare_eval(
                     feats = F.normalize(model.encode_image(x).float(), dim=-1)
                     count += (feats @ classifier.T).argmax(dim=1).eq(y + offset).sum()
                 correct[name] = count
-        return {n: int(c) for n, c in correct.items()}
+        return {n: int(c) for n, c in correct.items()}, plan
     finally:
         model.train(was_training)
 
@@ -221,7 +251,8 @@ def run_bench(
         task = Task(0, name, infos[name].classnames, prompts, ctx.tokenize(list(prompts)), block, s.batch_size, len(s.datasets))  # fmt: skip
         holdout = tuple(h for h in s.holdout if h not in s.datasets)
         train_batches = _materialise_train(engine, backbone, train, block, s.batch_size, seed)
-        eval_x, eval_y = _materialise_eval(engine, backbone, test_sets, cfg.eval_batch_size)
+        slices = _slices(test_sets, EVAL_SLICES)
+        bare_data = [_materialise_eval(engine, backbone, sl, cfg.eval_batch_size) for sl in slices]
         eval_images = sum(len(t) for t in test_sets.values())
         if engine.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(engine.device)
@@ -249,31 +280,37 @@ def run_bench(
                 for kind, (wall, cpu) in sums.items():
                     tr[kind].append((wall, cpu))
             learn.end_task(task)
-            counts = {}
-            phases = {
-                "engine": lambda: engine._evaluate(learn, backbone, infos, test_sets, 1, name),
-                "bare": lambda: _bare_eval(
-                    learn.eval_model(), backbone.tokenizer, infos, s.datasets, holdout,
-                    s.task_agnostic, eval_x, eval_y, engine.device, precision,
-                ),
-            }  # fmt: skip
-            for kind in ("engine", "bare") if r % 2 == 0 else ("bare", "engine"):
-                if kind == "engine" and learn.trains:
-                    # As after a task that changed both towers: no cache hit is credited (the
-                    # bench's short blocks may leave a model bit-identical, e.g. drslora
-                    # pruning every rank), the snapshot cost is paid.
-                    engine.eval_cache = EvalCache()
-                before = engine.eval_cache.stats()
-                wall, cpu, out = _timed(phases[kind], engine.device)
-                if kind == "engine":
-                    for k, v in engine.eval_cache.stats().items():
-                        cache_stats[k] = cache_stats.get(k, 0) + v - before[k]
+            sums = {"engine": [0.0, 0.0], "bare": [0.0, 0.0]}
+            counts: dict[str, dict[str, int]] = {"engine": {}, "bare": {}}
+            plan = None  # the bare path's classifiers, computed on the first slice
+            if learn.trains:
+                # As after a task that changed both towers: no cache hit is credited (the
+                # bench's short blocks may leave a model bit-identical, e.g. drslora pruning
+                # every rank), the snapshot cost is paid.
+                engine.eval_cache = EvalCache()
+            for i, (sl, (ex, ey)) in enumerate(zip(slices, bare_data, strict=True)):
+                phases = {
+                    "engine": lambda sl=sl: engine._evaluate(learn, backbone, infos, sl, 1, name),
+                    "bare": lambda ex=ex, ey=ey, plan=plan: _bare_eval(
+                        learn.eval_model(), backbone.tokenizer, infos, s.datasets, holdout,
+                        s.task_agnostic, ex, ey, engine.device, precision, plan,
+                    ),
+                }  # fmt: skip
+                for kind in ("engine", "bare") if (r + i) % 2 == 0 else ("bare", "engine"):
+                    before = engine.eval_cache.stats()
+                    wall, cpu, out = _timed(phases[kind], engine.device)
+                    sums[kind][0] += wall
+                    sums[kind][1] += cpu
+                    if kind == "engine":
+                        for k, v in engine.eval_cache.stats().items():
+                            cache_stats[k] = cache_stats.get(k, 0) + v - before[k]
+                        got = {row["eval_dataset"]: row["correct"] for row in out}
+                    else:
+                        got, plan = out
+                    for n, c in got.items():
+                        counts[kind][n] = counts[kind].get(n, 0) + c
+            for kind, (wall, cpu) in sums.items():
                 ev[kind].append((wall, cpu))
-                counts[kind] = (
-                    {row["eval_dataset"]: row["correct"] for row in out}
-                    if kind == "engine"
-                    else out
-                )
             if counts["engine"] != counts["bare"]:
                 raise RunFailed(
                     f"bench: engine and bare evaluation disagree ({counts['engine']} vs {counts['bare']}); this is a harness bug"

@@ -181,6 +181,11 @@ CASES = [
         {"file": "not a directory\n"},
     ),
     Case(
+        "out-unwritable",
+        "--out where no directory can be made",
+        ["run", "--out", "/proc/no/run"],
+    ),
+    Case(
         "manifest-corrupt",
         "corrupt manifest.json in the run dir",
         ["run", "--out", "<tmp>/run", "--resume"],

@@ -10,8 +10,19 @@ from cl_bench.data.toy.world import ToyWorld, few_shot_index
 from cl_bench.errors import UserError
 
 EXPECTED = [
-    "aircraft", "caltech101", "cifar100", "dtd", "eurosat", "flowers102", "food101", "mnist",
-    "oxford_pets", "stanford_cars", "sun397", "places365", "imagenet",
+    "aircraft",
+    "caltech101",
+    "cifar100",
+    "dtd",
+    "eurosat",
+    "flowers102",
+    "food101",
+    "mnist",
+    "oxford_pets",
+    "stanford_cars",
+    "sun397",
+    "places365",
+    "imagenet",
 ]
 
 
@@ -29,7 +40,13 @@ def test_serves_the_thirteen_datasets_with_disjoint_vocabularies():
     assert len(names) == len(set(names)), "a class name occurs in two domains"
     counts = {n: world.dataset_info(n).num_classes for n in EXPECTED}
     # real ratios kept where practical: cars > aircraft > pets; sun > cars; imagenet largest
-    assert counts["imagenet"] > counts["sun397"] > counts["stanford_cars"] > counts["aircraft"] > counts["oxford_pets"]
+    assert (
+        counts["imagenet"]
+        > counts["sun397"]
+        > counts["stanford_cars"]
+        > counts["aircraft"]
+        > counts["oxford_pets"]
+    )
     assert counts["mnist"] == counts["eurosat"] == 10
 
 
@@ -44,7 +61,9 @@ def test_templates_name_their_domain_and_fit_the_context():
         assert len(info.templates) >= 3
         for template in info.templates:
             assert template.count("{}") == 1
-            assert owners.setdefault(template, name) == name, f"{template!r} is shared by {owners[template]} and {name}"
+            assert owners.setdefault(template, name) == name, (
+                f"{template!r} is shared by {owners[template]} and {name}"
+            )
         prompts = [t.format(c) for t in info.templates for c in info.classnames]
         tokens = tokenizer(prompts)
         assert (tokens[:, -1] == 0).all(), f"a {name} prompt is truncated by the context length"

@@ -1,0 +1,1 @@
+"""The embedded toy world: generated domains and a tiny CLIP (docs/toy-world.md)."""

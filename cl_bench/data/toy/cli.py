@@ -10,21 +10,32 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="The embedded toy world: pre-train its tiny CLIP, look at its domains.", no_args_is_help=True)
+app = typer.Typer(
+    help="The embedded toy world: pre-train its tiny CLIP, look at its domains.",
+    no_args_is_help=True,
+)
 
 
 @app.command()
 def pretrain(
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1500,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 900,
     batch_size: Annotated[int, typer.Option(help="Images (and captions) per step.")] = 128,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 1e-3,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 1.5e-3,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and of the sampled data.")] = 0,
-    threads: Annotated[int, typer.Option(help="torch CPU threads (1 is fastest on a busy machine).")] = 1,
-    out: Annotated[Path | None, typer.Option(help="Weights file (default: the shipped cl_bench/data/toy/weights/toy_clip.safetensors).")] = None,
+    threads: Annotated[
+        int, typer.Option(help="torch CPU threads (1 is fastest on a busy machine).")
+    ] = 1,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Weights file (default: the shipped cl_bench/data/toy/weights/toy_clip.safetensors)."
+        ),
+    ] = None,
 ) -> None:
     """Contrastive pre-training of the toy CLIP (deterministic by seed); writes weights + record."""
     from cl_bench.data.toy.model import WEIGHTS_PATH
-    from cl_bench.data.toy.pretrain import PretrainConfig, pretrain as run_pretrain
+    from cl_bench.data.toy.pretrain import PretrainConfig
+    from cl_bench.data.toy.pretrain import pretrain as run_pretrain
     from cl_bench.errors import UserError
 
     for flag, value in (("--steps", steps), ("--batch-size", batch_size), ("--threads", threads)):
@@ -37,14 +48,18 @@ def pretrain(
     own = record["zeroshot_accuracy"]["own"]
     union = record["zeroshot_accuracy"]["xtail_union"]
     for name, acc in own.items():
-        typer.echo(f"{name:14s} own {acc:5.1f}" + (f"   union {union[name]:5.1f}" if name in union else ""))
+        typer.echo(
+            f"{name:14s} own {acc:5.1f}" + (f"   union {union[name]:5.1f}" if name in union else "")
+        )
 
 
 @app.command()
 def show(
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("toy-world.png"),
     per_domain: Annotated[int, typer.Option(help="Images per domain (classes spread out).")] = 8,
-    generic: Annotated[bool, typer.Option(help="Add a row per domain in the generic pre-training style.")] = False,
+    generic: Annotated[
+        bool, typer.Option(help="Add a row per domain in the generic pre-training style.")
+    ] = False,
 ) -> None:
     """A grid of sample test images per domain, captioned with their class names."""
     from cl_bench.data.toy.show import show_grid

@@ -20,7 +20,9 @@ from cl_bench.data.toy.render import ClassBank, make_class_bank, render
 
 GENERATOR_VERSION = 3
 GENERATOR_SEED = 20_261_123
-FINAL_DOMAIN_STYLE_FRACTION = 0.6  # end of the curriculum: 60 % of style-seen concepts' images in the domain style
+FINAL_DOMAIN_STYLE_FRACTION = (
+    0.6  # end of the curriculum: 60 % of style-seen concepts' images in the domain style
+)
 
 
 def class_bank_seed(domain_index: int) -> list[int]:
@@ -42,7 +44,9 @@ class PretrainDistribution:
 
     def __init__(self, image_size: int) -> None:
         self.specs: list[DomainSpec] = list(build_domains().values())
-        self.banks: list[ClassBank] = [make_class_bank(s, class_bank_seed(i), image_size) for i, s in enumerate(self.specs)]
+        self.banks: list[ClassBank] = [
+            make_class_bank(s, class_bank_seed(i), image_size) for i, s in enumerate(self.specs)
+        ]
         self.concepts = self._concepts()
 
     def _concepts(self) -> Concepts:
@@ -64,7 +68,9 @@ class PretrainDistribution:
         sizes = [len(s.classnames) for s in self.specs]
         return np.concatenate([[0], np.cumsum(sizes)[:-1]])
 
-    def sample(self, n: int, rng: np.random.Generator, domain_style_fraction: float) -> tuple[np.ndarray, list[str], np.ndarray]:
+    def sample(
+        self, n: int, rng: np.random.Generator, domain_style_fraction: float
+    ) -> tuple[np.ndarray, list[str], np.ndarray]:
         """uint8 images [n, H, W, 3], captions, global concept ids [n]."""
         k = rng.choice(self.concepts.probability.shape[0], size=n, p=self.concepts.probability)
         use_domain = (rng.uniform(0, 1, n) < domain_style_fraction) & self.concepts.style_seen[k]
@@ -79,6 +85,8 @@ class PretrainDistribution:
             images[sel] = render(spec, self.banks[d], cls[sel], use_domain[sel], rng)
             for i in sel:
                 templates = spec.templates if use_domain[i] else GENERIC_TEMPLATES
-                captions[i] = templates[int(template_u[i] * len(templates))].format(spec.classnames[cls[i]])
+                captions[i] = templates[int(template_u[i] * len(templates))].format(
+                    spec.classnames[cls[i]]
+                )
         offsets = self.concept_offsets()
         return images, captions, offsets[dom] + cls

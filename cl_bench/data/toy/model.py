@@ -68,7 +68,9 @@ def missing_weights_message(path: Path = WEIGHTS_PATH) -> str:
 def read_record(path: Path = RECORD_PATH) -> dict:
     """The JSON written beside the weights: how they were made and their zero-shot accuracies."""
     if not path.is_file():
-        raise UserError(f"toy weights record not found at {path}; re-create it with `clbench toy pretrain`")
+        raise UserError(
+            f"toy weights record not found at {path}; re-create it with `clbench toy pretrain`"
+        )
     return json.loads(path.read_text())
 
 
@@ -85,7 +87,9 @@ def load_toy_backbone(device: torch.device, path: Path = WEIGHTS_PATH) -> Backbo
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "attn_mask"]
     if missing or unexpected:
-        raise UserError(f"{path} does not match the toy-clip config (missing {missing[:3]}, unexpected {unexpected[:3]}); re-create it with `clbench toy pretrain`")
+        raise UserError(
+            f"{path} does not match the toy-clip config (missing {missing[:3]}, unexpected {unexpected[:3]}); re-create it with `clbench toy pretrain`"
+        )
     model.to(device).eval()
     return Backbone(
         model=model,
@@ -103,7 +107,11 @@ def save_weights(model: nn.Module, path: Path, record: dict) -> str:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").half().contiguous() for k, v in model.state_dict().items() if k != "attn_mask"}
+    state = {
+        k: v.detach().to("cpu").half().contiguous()
+        for k, v in model.state_dict().items()
+        if k != "attn_mask"
+    }
     tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp))
     tmp.replace(path)

@@ -16,7 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cl_bench.data.toy.distribution import FINAL_DOMAIN_STYLE_FRACTION, GENERATOR_VERSION, PretrainDistribution
+from cl_bench.data.toy.distribution import (
+    FINAL_DOMAIN_STYLE_FRACTION,
+    GENERATOR_VERSION,
+    PretrainDistribution,
+)
 from cl_bench.data.toy.model import IMAGE_SIZE_PX, MEAN, MODEL_NAME, STD, WEIGHTS_PATH
 
 SUBSET_TEST_IMAGES = 96  # per domain: what the test suite re-checks quickly
@@ -24,9 +28,9 @@ SUBSET_TEST_IMAGES = 96  # per domain: what the test suite re-checks quickly
 
 @dataclass
 class PretrainConfig:
-    steps: int = 2000
-    batch_size: int = 256
-    lr: float = 1e-3
+    steps: int = 900
+    batch_size: int = 128
+    lr: float = 1.5e-3
     weight_decay: float = 0.1
     warmup_fraction: float = 0.05
     generic_only_fraction: float = 0.2  # curriculum: generic style only for this share of steps
@@ -41,7 +45,9 @@ def domain_style_fraction(step: int, cfg: PretrainConfig) -> float:
     s = step / max(1, cfg.steps)
     if s < cfg.generic_only_fraction:
         return 0.0
-    ramp = (s - cfg.generic_only_fraction) / max(1e-9, cfg.ramp_end_fraction - cfg.generic_only_fraction)
+    ramp = (s - cfg.generic_only_fraction) / max(
+        1e-9, cfg.ramp_end_fraction - cfg.generic_only_fraction
+    )
     return FINAL_DOMAIN_STYLE_FRACTION * min(1.0, ramp)
 
 
@@ -57,11 +63,18 @@ def concept_contrastive_loss(logits, concept_ids):
     return 0.5 * (loss_i + loss_t)
 
 
-def pretrain(cfg: PretrainConfig, out: Path = WEIGHTS_PATH, log: Callable[[str], None] = print) -> dict:
+def pretrain(
+    cfg: PretrainConfig, out: Path = WEIGHTS_PATH, log: Callable[[str], None] = print
+) -> dict:
     """Train from scratch, evaluate zero-shot, write fp16 safetensors + the JSON record."""
     import torch
 
-    from cl_bench.data.toy.model import create_toy_clip, load_toy_backbone, save_weights, toy_tokenizer
+    from cl_bench.data.toy.model import (
+        create_toy_clip,
+        load_toy_backbone,
+        save_weights,
+        toy_tokenizer,
+    )
     from cl_bench.optim import adamw_warmup_cosine
 
     torch.set_num_threads(cfg.threads)
@@ -76,15 +89,25 @@ def pretrain(cfg: PretrainConfig, out: Path = WEIGHTS_PATH, log: Callable[[str],
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n]
     optimizer, scheduler = adamw_warmup_cosine(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        cfg.lr, cfg.weight_decay, cfg.steps, cfg.warmup_fraction, betas=(0.9, 0.98), eps=1e-6,
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        cfg.lr,
+        cfg.weight_decay,
+        cfg.steps,
+        cfg.warmup_fraction,
+        betas=(0.9, 0.98),
+        eps=1e-6,
     )
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
     start = time.time()
     running = float("nan")
     for step in range(cfg.steps):
-        images, captions, concepts = dist.sample(cfg.batch_size, rng, domain_style_fraction(step, cfg))
+        images, captions, concepts = dist.sample(
+            cfg.batch_size, rng, domain_style_fraction(step, cfg)
+        )
         x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
         img_f, txt_f, scale = model(x, tokenizer(captions))
         loss = concept_contrastive_loss(scale * img_f @ txt_f.T, torch.from_numpy(concepts))
@@ -97,7 +120,9 @@ def pretrain(cfg: PretrainConfig, out: Path = WEIGHTS_PATH, log: Callable[[str],
             model.logit_scale.clamp_(0, math.log(100))
         running = loss.item() if math.isnan(running) else 0.95 * running + 0.05 * loss.item()
         if (step + 1) % 100 == 0 or step + 1 == cfg.steps:
-            log(f"step {step + 1}/{cfg.steps}  loss {running:.3f}  domain-style {domain_style_fraction(step, cfg):.2f}  scale {model.logit_scale.exp().item():.1f}  {time.time() - start:.0f}s")
+            log(
+                f"step {step + 1}/{cfg.steps}  loss {running:.3f}  domain-style {domain_style_fraction(step, cfg):.2f}  scale {model.logit_scale.exp().item():.1f}  {time.time() - start:.0f}s"
+            )
     train_s = time.time() - start
     record = {
         "model": MODEL_NAME,
@@ -117,7 +142,9 @@ def pretrain(cfg: PretrainConfig, out: Path = WEIGHTS_PATH, log: Callable[[str],
     return record
 
 
-def zero_shot_accuracies(model, test_images_per_domain: int | None = None) -> dict[str, dict[str, float]]:
+def zero_shot_accuracies(
+    model, test_images_per_domain: int | None = None
+) -> dict[str, dict[str, float]]:
     """Zero-shot top-1 (%) per domain: own label space, and the X-TAIL union space.
 
     `test_images_per_domain` evaluates a prefix of each test split (balanced: labels are

@@ -38,7 +38,12 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(ax, ax, indexing="ij")  # yy, xx in (0, 1)
 
 
-def _blob_fields(rng: np.random.Generator, count: int, size: int, family: tuple[int, float, float, float] = (5, 0.07, 0.16, 1.0)) -> np.ndarray:
+def _blob_fields(
+    rng: np.random.Generator,
+    count: int,
+    size: int,
+    family: tuple[int, float, float, float] = (5, 0.07, 0.16, 1.0),
+) -> np.ndarray:
     """Shape fields of one shape family: (blobs, min sigma, max sigma, x/y aspect)."""
     yy, xx = _grid(size)
     n_blobs, sig_lo, sig_hi, aspect = family
@@ -54,7 +59,13 @@ def _blob_fields(rng: np.random.Generator, count: int, size: int, family: tuple[
     return f.astype(np.float32)
 
 
-def _hsv_colours(rng: np.random.Generator, count: int, sat: tuple[float, float], val: tuple[float, float], hue_band: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+def _hsv_colours(
+    rng: np.random.Generator,
+    count: int,
+    sat: tuple[float, float],
+    val: tuple[float, float],
+    hue_band: tuple[float, float] = (0.0, 1.0),
+) -> np.ndarray:
     """Hues spread evenly over the band (random order) so colours inside a domain are distinct."""
     centre, width = hue_band
     hue = (centre + width * (np.arange(count) / count + rng.uniform(0, 1 / count))) % 1.0
@@ -73,13 +84,20 @@ def make_class_bank(spec: DomainSpec, seed: int, size: int) -> ClassBank:
     g = max(1, spec.group_size)
     # Each domain has its own shape family and hue band: classes are fine-grained within a
     # domain and domains differ in content, not only in style (PROTOCOL.md §5).
-    family = (int(rng.integers(2, 7)), float(rng.uniform(0.05, 0.09)), float(rng.uniform(0.12, 0.2)), float(rng.uniform(0.5, 2.0)))
+    family = (
+        int(rng.integers(2, 7)),
+        float(rng.uniform(0.05, 0.09)),
+        float(rng.uniform(0.12, 0.2)),
+        float(rng.uniform(0.5, 2.0)),
+    )
     band = spec.hue_band
     family = spec.shape_family or family
     own_fields = _blob_fields(rng, c, size, family)
     own_cols = _hsv_colours(rng, c, (0.55, 0.95), (0.55, 0.95), band)
     idx = np.arange(c)
-    if spec.compose:  # "<colour word> <shape word>": shape from the second word, colour from the first
+    if (
+        spec.compose
+    ):  # "<colour word> <shape word>": shape from the second word, colour from the first
         shapes = _blob_fields(rng, g, size, family)
         cols = _hsv_colours(rng, (c + g - 1) // g, (0.6, 0.95), (0.6, 0.95), band)
         fields = shapes[idx % g]
@@ -91,7 +109,9 @@ def make_class_bank(spec: DomainSpec, seed: int, size: int) -> ClassBank:
         base_cols = _hsv_colours(rng, n_groups, (0.55, 0.95), (0.55, 0.95), band)
         m = spec.group_mix if g > 1 else 0.0
         fields = m * base_fields[groups] + (1 - m) * own_fields
-        fields = (fields - fields.mean(axis=(1, 2), keepdims=True)) / (fields.std(axis=(1, 2), keepdims=True) + 1e-6)
+        fields = (fields - fields.mean(axis=(1, 2), keepdims=True)) / (
+            fields.std(axis=(1, 2), keepdims=True) + 1e-6
+        )
         colours = m * base_cols[groups] + (1 - m) * own_cols
     thresholds = np.quantile(fields.reshape(c, -1), 0.72, axis=1).astype(np.float32)
     return ClassBank(
@@ -99,20 +119,26 @@ def make_class_bank(spec: DomainSpec, seed: int, size: int) -> ClassBank:
         thresholds=thresholds,
         colours=colours.astype(np.float32),
         colours_b=_hsv_colours(rng, c, (0.3, 0.9), (0.2, 0.6)),
-        angles=rng.permutation(np.linspace(0, np.pi, c, endpoint=False) + rng.uniform(0, np.pi / c)).astype(np.float32),
+        angles=rng.permutation(
+            np.linspace(0, np.pi, c, endpoint=False) + rng.uniform(0, np.pi / c)
+        ).astype(np.float32),
         freqs=rng.uniform(2.0, 6.0, c).astype(np.float32),
         kinds=(idx % 3).astype(np.int64)[rng.permutation(c)],
     )
 
 
-def _periodic(kind: np.ndarray, angle: np.ndarray, freq: np.ndarray, phase: np.ndarray, size: int) -> np.ndarray:
+def _periodic(
+    kind: np.ndarray, angle: np.ndarray, freq: np.ndarray, phase: np.ndarray, size: int
+) -> np.ndarray:
     """[N, H, W] in [0, 1]: stripes, checker or dots at the given orientation and frequency."""
     yy, xx = _grid(size)
     a, f, p = angle[:, None, None], freq[:, None, None], phase[:, None, None]
     u = 2 * np.pi * f * (np.cos(a) * xx + np.sin(a) * yy) + p
     v = 2 * np.pi * f * (-np.sin(a) * xx + np.cos(a) * yy) + 1.7 * p
     stripes = 0.5 + 0.5 * np.sin(u)
-    checker = 0.5 + 0.5 * np.sign(np.sin(u) * np.sin(v)) * np.minimum(1.0, 3 * np.abs(np.sin(u) * np.sin(v)))
+    checker = 0.5 + 0.5 * np.sign(np.sin(u) * np.sin(v)) * np.minimum(
+        1.0, 3 * np.abs(np.sin(u) * np.sin(v))
+    )
     dots = np.clip(2.0 * (np.sin(u) * np.sin(v)) ** 2, 0, 1)
     k = kind[:, None, None]
     return np.where(k == 0, stripes, np.where(k == 1, checker, dots)).astype(np.float32)
@@ -133,7 +159,9 @@ def _background(style: str, rng: np.random.Generator, n: int, size: int) -> np.n
     if style in ("clutter", "varied"):
         ph = rng.uniform(0, 2 * np.pi, (n, 1, 1, 3)).astype(np.float32)
         fr = rng.uniform(1.0, 3.0, (n, 1, 1, 3)).astype(np.float32)
-        base = 0.5 + 0.35 * np.sin(2 * np.pi * fr * (xx + 0.6 * yy) + ph) * np.cos(2 * np.pi * fr * (yy - 0.3 * xx) + 1.3 * ph)
+        base = 0.5 + 0.35 * np.sin(2 * np.pi * fr * (xx + 0.6 * yy) + ph) * np.cos(
+            2 * np.pi * fr * (yy - 0.3 * xx) + 1.3 * ph
+        )
         if style == "varied":
             flat = rng.uniform(0.15, 0.85, (n, 1, 1, 3)).astype(np.float32)
             return 0.6 * flat + 0.4 * base
@@ -160,7 +188,10 @@ def _background(style: str, rng: np.random.Generator, n: int, size: int) -> np.n
     if style == "landscape":
         horizon = 0.45 + 0.15 * u
         ground = (yy > horizon).astype(np.float32)
-        return col(0.55, 0.75, 0.95) * (1 - ground) + (col(0.45, 0.5, 0.25) + 0.15 * (yy - horizon)) * ground
+        return (
+            col(0.55, 0.75, 0.95) * (1 - ground)
+            + (col(0.45, 0.5, 0.25) + 0.15 * (yy - horizon)) * ground
+        )
     if style == "interior":
         wall = 0.5 + 0.5 * np.sign(np.sin(2 * np.pi * 6 * xx + 6 * u))
         floor = (yy > 0.78).astype(np.float32)
@@ -185,7 +216,9 @@ def _object_colour(style: str, colours: np.ndarray) -> np.ndarray:
     return colours
 
 
-def _shift(fields: np.ndarray, labels: np.ndarray, rng: np.random.Generator, max_px: int) -> np.ndarray:
+def _shift(
+    fields: np.ndarray, labels: np.ndarray, rng: np.random.Generator, max_px: int
+) -> np.ndarray:
     """Gather each image's class field with a random integer translation (wrap-around)."""
     n, size = labels.shape[0], fields.shape[-1]
     dy = rng.integers(-max_px, max_px + 1, n)
@@ -196,19 +229,29 @@ def _shift(fields: np.ndarray, labels: np.ndarray, rng: np.random.Generator, max
     return fields[labels[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def render(spec: DomainSpec, bank: ClassBank, labels: np.ndarray, styles: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def render(
+    spec: DomainSpec,
+    bank: ClassBank,
+    labels: np.ndarray,
+    styles: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """uint8 [N, H, W, 3]: class `labels[i]` drawn in the domain style (styles[i]=True) or generic."""
     n, size = labels.shape[0], bank.fields.shape[-1]
     out = np.empty((n, size, size, 3), dtype=np.float32)
     for use_domain in (False, True):
         sel = np.flatnonzero(styles == use_domain)
         if sel.size:
-            out[sel] = _render_style(spec, bank, labels[sel], spec.style if use_domain else GENERIC, rng)
+            out[sel] = _render_style(
+                spec, bank, labels[sel], spec.style if use_domain else GENERIC, rng
+            )
     out += rng.normal(0.0, spec.noise_std, out.shape).astype(np.float32)
     return (np.clip(out, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def _render_style(spec: DomainSpec, bank: ClassBank, labels: np.ndarray, style: str, rng: np.random.Generator) -> np.ndarray:
+def _render_style(
+    spec: DomainSpec, bank: ClassBank, labels: np.ndarray, style: str, rng: np.random.Generator
+) -> np.ndarray:
     n, size = labels.shape[0], bank.fields.shape[-1]
     yy, xx = _grid(size)
     phase = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
@@ -216,25 +259,41 @@ def _render_style(spec: DomainSpec, bank: ClassBank, labels: np.ndarray, style: 
     bg = _background(style, rng, n, size)
     col_a = _object_colour(style, bank.colours[labels])[:, None, None, :]
     if spec.mode == "texture":
-        tex = _periodic(bank.kinds[labels], bank.angles[labels], bank.freqs[labels], phase, size)[..., None]
+        tex = _periodic(bank.kinds[labels], bank.angles[labels], bank.freqs[labels], phase, size)[
+            ..., None
+        ]
         col_b = _object_colour(style, bank.colours_b[labels])[:, None, None, :]
         img = col_a * tex + col_b * (1 - tex)
         if style == "satellite":  # coarse field blocks of varying brightness
             blocks = rng.uniform(0.8, 1.2, (n, 4, 4, 1)).astype(np.float32)
-            img = img * np.repeat(np.repeat(blocks, -(-size // 4), 1), -(-size // 4), 2)[:, :size, :size]
+            img = (
+                img
+                * np.repeat(np.repeat(blocks, -(-size // 4), 1), -(-size // 4), 2)[:, :size, :size]
+            )
         elif style == "fabric":  # a fine weave over every texture
-            img = img * (0.88 + 0.12 * (0.5 + 0.5 * np.sin(2 * np.pi * 12 * (xx + yy))))[None, :, :, None]
+            img = (
+                img
+                * (0.88 + 0.12 * (0.5 + 0.5 * np.sin(2 * np.pi * 12 * (xx + yy))))[None, :, :, None]
+            )
         if style == GENERIC:  # the texture concept as a disc on the grey background
-            disc = (((yy - 0.5) ** 2 + (xx - 0.5) ** 2) < 0.33**2).astype(np.float32)[None, :, :, None]
+            disc = (((yy - 0.5) ** 2 + (xx - 0.5) ** 2) < 0.33**2).astype(np.float32)[
+                None, :, :, None
+            ]
             img = img * disc + bg * (1 - disc)
         return img * bright
     field = _shift(bank.fields, labels, rng, max_px=max(1, round(0.09 * size)))
     edge = (field - bank.thresholds[labels][:, None, None])[..., None]
-    if style == "ink":  # a bright stroke along the outline over a dimmer silhouette, like handwriting
-        mask = np.clip(np.exp(-((edge / 0.25) ** 2)) + 0.55 / (1.0 + np.exp(-edge / 0.12)), 0.0, 1.0)
+    if (
+        style == "ink"
+    ):  # a bright stroke along the outline over a dimmer silhouette, like handwriting
+        mask = np.clip(
+            np.exp(-((edge / 0.25) ** 2)) + 0.55 / (1.0 + np.exp(-edge / 0.12)), 0.0, 1.0
+        )
     else:
         mask = 1.0 / (1.0 + np.exp(-edge / 0.12))
-    fill = _periodic(np.zeros(n, dtype=np.int64), bank.angles[labels], bank.freqs[labels], phase, size)[..., None]
+    fill = _periodic(
+        np.zeros(n, dtype=np.int64), bank.angles[labels], bank.freqs[labels], phase, size
+    )[..., None]
     obj = col_a * (0.75 + 0.25 * fill) if style != "ink" else col_a
     img = obj * mask + bg * (1 - mask)
     if style == "clutter":  # cifar: small, blurry images

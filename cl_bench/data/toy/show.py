@@ -22,7 +22,13 @@ def _wrap(text: str, width: int = 16) -> str:
     return "\n".join(lines[:2])
 
 
-def show_grid(out: Path, per_domain: int = 8, image_size: int = 32, domains: list[str] | None = None, generic_row: bool = False) -> Path:
+def show_grid(
+    out: Path,
+    per_domain: int = 8,
+    image_size: int = 32,
+    domains: list[str] | None = None,
+    generic_row: bool = False,
+) -> Path:
     """One row per domain (test images, classes spread out), each captioned with its class name.
 
     With `generic_row`, each domain row is followed by the same classes in the generic
@@ -42,13 +48,21 @@ def show_grid(out: Path, per_domain: int = 8, image_size: int = 32, domains: lis
         split = world.load_split(name, "test", None, 0, image_size)
         classes = np.linspace(0, info.num_classes - 1, per_domain).round().astype(int)
         idx = [int(np.flatnonzero(split.labels == c)[0]) for c in classes]
-        rows.append((name, [np.asarray(split.images[i]) for i in idx], [info.classnames[c] for c in classes]))
+        rows.append(
+            (
+                name,
+                [np.asarray(split.images[i]) for i in idx],
+                [info.classnames[c] for c in classes],
+            )
+        )
         if dist is not None:
             d = world.dataset_names().index(name)
             from cl_bench.data.toy.render import render
 
             rng = np.random.default_rng(0)
-            imgs = render(dist.specs[d], dist.banks[d], classes, np.zeros(len(classes), dtype=bool), rng)
+            imgs = render(
+                dist.specs[d], dist.banks[d], classes, np.zeros(len(classes), dtype=bool), rng
+            )
             rows.append((f"{name}\n(generic)", list(imgs), [info.classnames[c] for c in classes]))
     fig, axes = plt.subplots(len(rows), per_domain, figsize=(per_domain * 1.15, len(rows) * 1.35))
     axes = np.atleast_2d(axes)
@@ -63,6 +77,6 @@ def show_grid(out: Path, per_domain: int = 8, image_size: int = 32, domains: lis
                 ax.set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
     fig.tight_layout(pad=0.3)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=90)
     plt.close(fig)
     return out

@@ -17,11 +17,22 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cl_bench.data.toy.distribution import GENERATOR_SEED, GENERATOR_VERSION, PretrainDistribution, class_bank_seed
+from cl_bench.data.toy.distribution import (
+    GENERATOR_SEED,
+    GENERATOR_VERSION,
+    PretrainDistribution,
+    class_bank_seed,
+)
 from cl_bench.data.toy.domains import DomainSpec, build_domains
-from cl_bench.data.toy.model import IMAGE_SIZE_PX, WEIGHTS_PATH, load_toy_backbone, missing_weights_message, weights_sha256
+from cl_bench.data.toy.model import (
+    IMAGE_SIZE_PX,
+    WEIGHTS_PATH,
+    load_toy_backbone,
+    missing_weights_message,
+    weights_sha256,
+)
 from cl_bench.data.toy.render import make_class_bank, render
-from cl_bench.data.world import DataWorld, DatasetInfo, ImageSet, hash_ids
+from cl_bench.data.world import DatasetInfo, DataWorld, ImageSet, hash_ids
 from cl_bench.errors import UserError
 
 if TYPE_CHECKING:
@@ -73,7 +84,9 @@ class ToyWorld(DataWorld):
 
     def dataset_info(self, name: str) -> DatasetInfo:
         spec = self._spec(name)
-        return DatasetInfo(name=name, classnames=spec.classnames, templates=spec.templates, world=self.name)
+        return DatasetInfo(
+            name=name, classnames=spec.classnames, templates=spec.templates, world=self.name
+        )
 
     def split_size(self, name: str, split: str) -> int:
         c = len(self._spec(name).classnames)
@@ -86,7 +99,9 @@ class ToyWorld(DataWorld):
         d = self.dataset_names().index(name)
         c = len(spec.classnames)
         per_class = train_images_per_class(c) if split == "train" else test_images_per_class(c)
-        labels = np.tile(np.arange(c, dtype=np.int64), per_class)  # interleaved: any prefix is balanced
+        labels = np.tile(
+            np.arange(c, dtype=np.int64), per_class
+        )  # interleaved: any prefix is balanced
         bank = make_class_bank(spec, class_bank_seed(d), image_size)
         rng = np.random.default_rng([GENERATOR_SEED, d, SPLITS.index(split), image_size])
         images = np.empty((labels.shape[0], image_size, image_size, 3), dtype=np.uint8)
@@ -104,13 +119,18 @@ class ToyWorld(DataWorld):
             return np.load(img_path, mmap_mode="r"), np.load(lab_path)
         images, labels = self.generate(name, split, image_size)
         folder.mkdir(parents=True, exist_ok=True)
-        for path, arr in ((lab_path, labels), (img_path, images)):  # images last: they mark completion
+        for path, arr in (
+            (lab_path, labels),
+            (img_path, images),
+        ):  # images last: they mark completion
             tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
             np.save(tmp, arr)
             tmp.replace(path)
         return images, labels
 
-    def load_split(self, name: str, split: str, shots: int | None, split_seed: int, image_size: int) -> ImageSet:
+    def load_split(
+        self, name: str, split: str, shots: int | None, split_seed: int, image_size: int
+    ) -> ImageSet:
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
         if image_size < 8:
@@ -135,14 +155,20 @@ class ToyWorld(DataWorld):
             problems.append(missing_weights_message(self.weights_path))
         return problems
 
-    def reference_data(self, num_images: int, num_captions: int, seed: int, image_size: int) -> tuple[np.ndarray, list[str]]:
+    def reference_data(
+        self, num_images: int, num_captions: int, seed: int, image_size: int
+    ) -> tuple[np.ndarray, list[str]]:
         """Images and captions drawn from the pre-training distribution (its final mixture)."""
         from cl_bench.data.toy.distribution import FINAL_DOMAIN_STYLE_FRACTION
 
         dist = PretrainDistribution(image_size)
         rng = np.random.default_rng([GENERATOR_SEED, 99, seed])
         images, _, _ = dist.sample(num_images, rng, FINAL_DOMAIN_STYLE_FRACTION)
-        _, captions, _ = dist.sample(num_captions, rng, FINAL_DOMAIN_STYLE_FRACTION) if num_captions else (None, [], None)
+        _, captions, _ = (
+            dist.sample(num_captions, rng, FINAL_DOMAIN_STYLE_FRACTION)
+            if num_captions
+            else (None, [], None)
+        )
         return images, captions
 
     def describe(self) -> dict:
@@ -163,7 +189,9 @@ def few_shot_index(labels: np.ndarray, shots: int, split_seed: int, name: str) -
     shuffled = np.asarray(labels)[order]
     counts = np.bincount(shuffled)
     if counts.min() < shots:
-        raise UserError(f"toy {name} has only {counts.min()} training images in some class; --shots must be <= {counts.min()}")
+        raise UserError(
+            f"toy {name} has only {counts.min()} training images in some class; --shots must be <= {counts.min()}"
+        )
     # rank of each image within its class in shuffled order: stable sort by class
     by_class = np.argsort(shuffled, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
