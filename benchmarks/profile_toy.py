@@ -27,7 +27,11 @@ from cl_bench.learner import Task
 
 GROUPS = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution"),
-    "attention": ("aten::_scaled_dot_product", "aten::_native_multi_head_attention", "aten::_softmax"),
+    "attention": (
+        "aten::_scaled_dot_product",
+        "aten::_native_multi_head_attention",
+        "aten::_softmax",
+    ),
     "optimizer": ("Optimizer.step", "Optimizer.zero_grad", "aten::_foreach"),
 }
 
@@ -102,17 +106,24 @@ def main() -> None:
 
     images = sum(len(t) for t in tests.values())
     print(f"threads {torch.get_num_threads()}, learner {args.learner}, {args.precision}")
-    print(f"train: {args.steps} steps in {train_s:.2f} s ({train_s / args.steps * 1e3:.0f} ms/step)")
+    print(
+        f"train: {args.steps} steps in {train_s:.2f} s ({train_s / args.steps * 1e3:.0f} ms/step)"
+    )
     print(
         f"eval: {images} images in {eval_s:.2f} s ({images / eval_s:.0f} img/s); "
         f"text classifiers alone {text_s:.2f} s ({text_s / eval_s:.0%} of the evaluation)"
     )
-    rows = {"train step": _breakdown(prof_train, train_s), "evaluation": _breakdown(prof_eval, eval_s)}
+    rows = {
+        "train step": _breakdown(prof_train, train_s),
+        "evaluation": _breakdown(prof_eval, eval_s),
+    }
     groups = sorted({g for r in rows.values() for g in r})
     print("\n| share of wall time | " + " | ".join(rows) + " |")
     print("|---|" + "---|" * len(rows))
     for g in groups:
-        cells = [f"{rows[r].get(g, 0.0) / (train_s if r == 'train step' else eval_s):.0%}" for r in rows]
+        cells = [
+            f"{rows[r].get(g, 0.0) / (train_s if r == 'train step' else eval_s):.0%}" for r in rows
+        ]
         print(f"| {g} | " + " | ".join(cells) + " |")
 
 

@@ -302,7 +302,7 @@ def test_the_table_has_every_case_and_at_least_20_rows() -> None:
 def _clbench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     script = "from cl_bench.cli import main; main()"
     return subprocess.run(
-        [sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=cwd, timeout=120
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=cwd, timeout=600
     )
 
 

@@ -35,19 +35,23 @@ def test_bench_measures_both_paths_for_a_training_learner():
         assert math.isfinite(value) and value > 0
     assert r.eval_images == 13 * 6 * 3 + 6 * 6  # 13 fake datasets, 3-4 classes x 6 images
     # finetune changes both towers every repeat: every evaluation re-encodes every prompt
-    assert r.text_cache["text_hits"] == 0 and r.text_cache["text_misses"] == 2 * 13
+    # (the text side is encoded on the first of the 4 slices of each evaluation, then reused)
+    assert r.text_cache["text_misses"] == 2 * 13 and r.text_cache["text_hits"] == 2 * 3 * 13
+    assert r.text_cache["image_hits"] == 0 and r.text_cache["image_misses"] == 2 * 4 * 13
     assert "ratio" in format_result(r)
 
 
 def test_bench_of_a_non_training_learner_reports_eval_only_and_hits_the_cache():
     r = run_bench(learner="zeroshot", steps=2, repeats=2, world_obj=FakeWorld())
     assert math.isnan(r.train_ratio) and r.train_ratios == []
-    assert r.text_cache == {
-        "text_hits": 13,
+    # repeat 0 encodes every prompt once and every slice's images once; repeat 1 nothing
+    expected = {
+        "text_hits": 3 * 13 + 4 * 13,
         "text_misses": 13,
-        "image_hits": 13,
-        "image_misses": 13,
+        "image_hits": 52,
+        "image_misses": 52,
     }
+    assert r.text_cache == expected
 
 
 def test_bench_rejects_bad_counts():

@@ -142,7 +142,7 @@ def child_main(out: str, spec: str, resume: bool) -> None:
 
 def _child(out: Path, spec: str = "", resume: bool = False) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(Path(__file__)), str(out), spec] + (["--resume"] if resume else [])
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
 
 
 def _tables(run_dir: Path) -> dict[str, pd.DataFrame]:
