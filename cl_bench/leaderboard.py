@@ -205,7 +205,8 @@ def _check_one_group(runs: list[RunRecord]) -> None:
     keys = list(groups)
     differing = [f for i, f in enumerate(GROUP_FIELDS) if len({k[i] for k in keys}) > 1]
     parts = [
-        f"{_describe(groups[k][0].group, differing)} ({len(groups[k])} runs)" for k in sorted(keys)
+        f"{_describe(groups[k][0].group, differing)} ({len(groups[k])} run{'s' * (len(groups[k]) > 1)})"
+        for k in sorted(keys)
     ]
     flags = [FILTER_FLAGS[f] for f in differing if f in FILTER_FLAGS]
     hint = (

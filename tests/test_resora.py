@@ -192,3 +192,29 @@ def test_resora_trains_logs_the_term_and_merges(tmp_path) -> None:
         model.visual.transformer.resblocks[0].attn.in_proj_weight,
         zero.learner.model.visual.transformer.resblocks[0].attn.in_proj_weight,
     )  # the term changed training
+
+
+@pytest.mark.parametrize("learner", ["lora", "drslora", "gated_lora"])
+def test_any_lora_family_learner_can_switch_the_term_on(learner: str) -> None:
+    from cl_bench.context import RunContext
+    from cl_bench.learner import Batch, StepInfo, Task
+    from cl_bench.models.tiny import random_tiny_clip
+
+    def one_step(overrides: dict[str, str]) -> dict:
+        backbone = random_tiny_clip(seed=0)
+        ctx = RunContext(
+            torch.device("cpu"), 0, "xtail", True, "toy", 10, 500, 1e-4, 32, lambda t: t
+        )
+        cls = get_learner(learner)
+        instance = cls(backbone, build_config(cls, overrides), ctx)
+        tokens = backbone.tokenizer(["a photo of a cat.", "a photo of a dog."])
+        task = Task(0, "aircraft", ("cat", "dog"), ("", ""), tokens, 4, 4, 10)
+        instance.begin_task(task)
+        images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+        batch = Batch(images, torch.tensor([0, 1, 0, 1]), tokens, 0)
+        instance.train_step(batch, StepInfo(0, 4, 0, 10))  # B leaves 0
+        return instance.train_step(batch, StepInfo(1, 4, 0, 10))
+
+    assert "redundancy" not in one_step({})  # off by default
+    on = one_step({"redundancy": "kernel", "redundancy_weight": "0.5"})
+    assert 0.0 < float(on["redundancy"]) <= 1.0

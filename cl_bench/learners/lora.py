@@ -36,6 +36,7 @@ from cl_bench.errors import UserError
 from cl_bench.learner import Batch, Learner, StepInfo, Task, register_learner
 from cl_bench.losses import clip_logits, contrastive_loss
 from cl_bench.models.lora import ENCODERS, MATRIX_KINDS, LoRAAdapter, Variant, find_sites
+from cl_bench.models.redundancy import RedundancyForm, redundancy_loss
 from cl_bench.optim import adamw_warmup_cosine
 
 REFERENCE_WIDTH = 768  # ViT-B/16's width, at which the paper's ranks are given
@@ -63,6 +64,11 @@ class LoRA(Learner):
         weight_decay: float = 0.0
         warmup_fraction: float = 0.0  # reference code: --warmup_length 0
         label_smoothing: float = 0.0  # reference code: --ls 0
+        # ReSoRA's subspace-redundancy regulariser, a plug-in for every LoRA learner
+        # (cl_bench.models.redundancy); "none" = off. `resora` = lora with "linear".
+        redundancy: RedundancyForm = "none"
+        redundancy_weight: float = 1.0
+        redundancy_kernel_gamma: float = 1.0
 
     def __init__(self, backbone, cfg, ctx) -> None:
         super().__init__(backbone, cfg, ctx)
@@ -121,6 +127,15 @@ class LoRA(Learner):
         loss = contrastive_loss(logits, batch.labels, self.cfg.label_smoothing)
         extra, scalars = self.extra_loss()
         total = loss if extra is None else loss + extra
+        redundancy, redundancy_scalars = redundancy_loss(
+            (a.block for a in self.adapter.attached),
+            self.cfg.redundancy,
+            self.cfg.redundancy_weight,
+            self.cfg.redundancy_kernel_gamma,
+        )
+        if redundancy is not None:
+            total = total + redundancy
+            scalars.update(redundancy_scalars)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,13 @@ def create_toy_clip() -> nn.Module:
     import open_clip
 
     register_config()
-    return open_clip.create_model(MODEL_NAME, pretrained=None)
+    # open_clip warns "initialized randomly" here; misleading, since the toy weights load next.
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        return open_clip.create_model(MODEL_NAME, pretrained=None)
+    finally:
+        logging.disable(previous)
 
 
 def toy_tokenizer():
