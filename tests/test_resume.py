@@ -134,6 +134,7 @@ def child_main(out: str, spec: str, resume: bool) -> None:
         max_tasks=NUM_TASKS,
         log_every=2,
         eval_batch_size=8,
+        overrides={"lr": "1e-3"},  # large enough for the tiny model's predictions to move
         out=out,
         resume=resume,
     )
