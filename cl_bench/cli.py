@@ -28,17 +28,16 @@ list_app = typer.Typer(no_args_is_help=True, help="List learners, settings or da
 app.add_typer(list_app, name="list")
 
 
-def _mount_optional(name: str, module: str, help_text: str) -> None:
-    """Sub-apps of other modules (toy, data, ...) — mounted when their module exists."""
-    import importlib.util
+def _mount_sub_apps() -> None:
+    """The world-specific command groups; their modules import only typer at top level."""
+    from cl_bench.data.real.cli import app as data_app
+    from cl_bench.data.toy.cli import app as toy_app
 
-    try:
-        if importlib.util.find_spec(module) is None:
-            return
-    except ModuleNotFoundError:
-        return
-    sub = __import__(module, fromlist=["app"]).app
-    app.add_typer(sub, name=name, help=help_text)
+    app.add_typer(toy_app, name="toy", help="The embedded toy world: pre-train its CLIP, look at it.")
+    app.add_typer(data_app, name="data", help="Real datasets: prepare and check.")
+
+
+_mount_sub_apps()
 
 
 def _parse_sets(values: list[str]) -> dict[str, str]:
@@ -399,10 +398,6 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
-    _mount_optional(
-        "toy", "cl_bench.data.toy.cli", "The embedded toy world: pre-train its CLIP, look at it."
-    )
-    _mount_optional("data", "cl_bench.data.real.cli", "Real datasets: prepare and check.")
     try:
         rc = app(args=args, standalone_mode=False, prog_name="clbench")
         if isinstance(rc, int) and rc:
