@@ -33,7 +33,9 @@ def _mount_sub_apps() -> None:
     from cl_bench.data.real.cli import app as data_app
     from cl_bench.data.toy.cli import app as toy_app
 
-    app.add_typer(toy_app, name="toy", help="The embedded toy world: pre-train its CLIP, look at it.")
+    app.add_typer(
+        toy_app, name="toy", help="The embedded toy world: pre-train its CLIP, look at it."
+    )
     app.add_typer(data_app, name="data", help="Real datasets: prepare and check.")
 
 
@@ -120,7 +122,8 @@ def run(
         int | None, typer.Option(help="Only the first N tasks of the stream (quick looks).")
     ] = None,
     precision: Annotated[
-        str, typer.Option(help="fp32, bf16 or fp16 (autocast, fp32 master weights; fp16 CUDA only).")
+        str,
+        typer.Option(help="fp32, bf16 or fp16 (autocast, fp32 master weights; fp16 CUDA only)."),
     ] = "fp32",
     threads: Annotated[
         int | None,
@@ -365,7 +368,9 @@ def bench(
     learner: Annotated[str, typer.Option(help="Learner to measure.")] = "drslora",
     world: Annotated[str, typer.Option(help="Data world: toy or real.")] = "toy",
     steps: Annotated[int, typer.Option(help="Training steps per measurement.")] = 40,
-    repeats: Annotated[int, typer.Option(help="Engine/bare pairs; the median ratio is reported.")] = 3,
+    repeats: Annotated[
+        int, typer.Option(help="Engine/bare pairs; the median ratio is reported.")
+    ] = 3,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
     threads: Annotated[

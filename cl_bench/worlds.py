@@ -28,10 +28,18 @@ def get_world(cfg: RunConfig) -> DataWorld:
             reference_images=cfg.reference_images,
             reference_captions=cfg.reference_captions,
         )
-    real_only = ("model", "pretrained", "data_root", "split_dir", "reference_images", "reference_captions")
+    real_only = (
+        "model",
+        "pretrained",
+        "data_root",
+        "split_dir",
+        "reference_images",
+        "reference_captions",
+    )
     given = [f"--{k.replace('_', '-')}" for k in real_only if getattr(cfg, k)]
     if given:
         raise UserError(
-            f"{', '.join(given)} apply to --world real only; the toy world ships its own CLIP and data"
+            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --world real only; "
+            "the toy world ships its own CLIP and data"
         )
     return cls()

@@ -23,7 +23,18 @@ def zeroshot_xtail(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finetune_xtail(tmp_path_factory):
     out = tmp_path_factory.mktemp("ft") / "run"
-    return run(RunConfig(setting="xtail", learner="finetune", iterations=4, batch_size=8, max_tasks=3, out=str(out), overrides={"lr": "1e-3"}), world=FakeWorld())
+    return run(
+        RunConfig(
+            setting="xtail",
+            learner="finetune",
+            iterations=4,
+            batch_size=8,
+            max_tasks=3,
+            out=str(out),
+            overrides={"lr": "1e-3"},
+        ),
+        world=FakeWorld(),
+    )
 
 
 def test_writes_three_files_with_the_schema(finetune_xtail):
@@ -35,10 +46,16 @@ def test_writes_three_files_with_the_schema(finetune_xtail):
     # 3 tasks + zero-shot row, each over 3 stream + 3 hold-out datasets
     assert len(acc) == 4 * 6
     assert sorted(acc["after_task"].unique()) == [0, 1, 2, 3]
-    assert set(acc.loc[acc.split == "holdout", "eval_dataset"]) == {"cifar100", "places365", "imagenet"}
+    assert set(acc.loc[acc.split == "holdout", "eval_dataset"]) == {
+        "cifar100",
+        "places365",
+        "imagenet",
+    }
     assert (acc["accuracy"] == 100 * acc["correct"] / acc["total"]).all()
     assert manifest["status"] == "finished" and manifest["config"]["seed"] == 0
-    assert len(manifest["tasks"]) == 3 and all(t["trainable_parameters"] > 0 for t in manifest["tasks"])
+    assert len(manifest["tasks"]) == 3 and all(
+        t["trainable_parameters"] > 0 for t in manifest["tasks"]
+    )
     assert {"torch", "open_clip", "python"} <= manifest["versions"].keys()
     assert all("test" in v for v in manifest["splits"].values())
     assert manifest["splits"]["aircraft"]["train"]
@@ -66,15 +83,28 @@ def test_zeroshot_rows_identical_and_metrics_equal_zero_shot(zeroshot_xtail):
 
 def test_union_label_space_is_harder_than_own_space(tmp_path):
     """X-TAIL scores each image against all stream domains' classes, MTIL only its own."""
-    xt = run(RunConfig(setting="xtail", learner="zeroshot", max_tasks=4, out=str(tmp_path / "x")), world=FakeWorld())
-    mt = run(RunConfig(setting="mtil", learner="zeroshot", max_tasks=4, out=str(tmp_path / "m")), world=FakeWorld())
+    xt = run(
+        RunConfig(setting="xtail", learner="zeroshot", max_tasks=4, out=str(tmp_path / "x")),
+        world=FakeWorld(),
+    )
+    mt = run(
+        RunConfig(setting="mtil", learner="zeroshot", max_tasks=4, out=str(tmp_path / "m")),
+        world=FakeWorld(),
+    )
     x = xt.accuracy.query("after_task == 0 and split == 'stream'")["accuracy"].mean()
     m = mt.accuracy.query("after_task == 0 and split == 'stream'")["accuracy"].mean()
     assert x < m
 
 
 def test_deterministic_by_seed(tmp_path):
-    cfg = dict(setting="xtail", learner="finetune", iterations=3, batch_size=8, max_tasks=2, overrides={"lr": "1e-3"})
+    cfg = dict(
+        setting="xtail",
+        learner="finetune",
+        iterations=3,
+        batch_size=8,
+        max_tasks=2,
+        overrides={"lr": "1e-3"},
+    )
     a = run(RunConfig(**cfg, out=str(tmp_path / "a")), world=FakeWorld()).accuracy
     b = run(RunConfig(**cfg, out=str(tmp_path / "b")), world=FakeWorld()).accuracy
     pd.testing.assert_frame_equal(a.drop(columns="run_id"), b.drop(columns="run_id"))
@@ -82,4 +112,7 @@ def test_deterministic_by_seed(tmp_path):
 
 def test_refuses_to_overwrite_a_finished_run(zeroshot_xtail):
     with pytest.raises(UserError, match="already holds a finished run"):
-        run(RunConfig(setting="xtail", learner="zeroshot", out=str(zeroshot_xtail.run_dir)), world=FakeWorld())
+        run(
+            RunConfig(setting="xtail", learner="zeroshot", out=str(zeroshot_xtail.run_dir)),
+            world=FakeWorld(),
+        )

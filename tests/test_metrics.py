@@ -73,5 +73,7 @@ def test_holdout_transfer_averages_tasks_only():
 def test_mean_std_sample_std():
     mean, std, n = mean_std([1.0, 2.0, 4.0])
     assert mean == pytest.approx(7 / 3) and n == 3
-    assert std == pytest.approx(np.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2))
+    assert std == pytest.approx(
+        np.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2)
+    )
     assert math.isnan(mean_std([5.0])[1])

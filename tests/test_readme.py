@@ -19,12 +19,17 @@ def _example_learner_source() -> str:
 
 def _clbench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     code = "import sys; from cl_bench.cli import main; main(sys.argv[1:])"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_readme_learner_runs_through_the_cli(tmp_path):
     (tmp_path / "my_learner.py").write_text(_example_learner_source())
-    command = re.search(r"clbench run (--setting xtail --learner my_learner\.py:LastBlock --iterations 10)", README.read_text())
+    command = re.search(
+        r"clbench run (--setting xtail --learner my_learner\.py:LastBlock --iterations 10)",
+        README.read_text(),
+    )
     assert command, "README no longer shows the command that runs the example"
     args = command.group(1).split() + ["--max-tasks", "2", "--eval-limit", "64", "--out", "run"]
     proc = _clbench("run", *args, cwd=tmp_path)

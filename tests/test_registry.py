@@ -7,7 +7,13 @@ from importlib.metadata import entry_points
 import pytest
 
 from cl_bench.errors import UserError
-from cl_bench.learner import Learner, available_learners, build_config, get_learner, register_learner
+from cl_bench.learner import (
+    Learner,
+    available_learners,
+    build_config,
+    get_learner,
+    register_learner,
+)
 
 
 def test_builtins_and_entry_points_are_listed():
@@ -44,7 +50,8 @@ def test_unknown_name_suggests_close_matches():
 def test_module_and_file_targets(tmp_path):
     assert get_learner("baselines.finetune:Finetune").name == "finetune"
     src = tmp_path / "my_learner.py"
-    src.write_text(textwrap.dedent("""
+    src.write_text(
+        textwrap.dedent("""
         from cl_bench import Learner
 
         class Mine(Learner):
@@ -53,7 +60,8 @@ def test_module_and_file_targets(tmp_path):
 
         class NotOne:
             pass
-    """))
+    """)
+    )
     assert get_learner(f"{src}:Mine").__name__ == "Mine"
     with pytest.raises(UserError, match="not a Learner subclass"):
         get_learner(f"{src}:NotOne")
@@ -82,8 +90,16 @@ def test_build_config_converts_and_rejects():
         def train_step(self, batch, step):
             return {}
 
-    cfg = build_config(WithConfig, {"lr": "5e-4", "steps": "7", "flag": "true", "kinds": "q,v,o", "maybe": "none"})
-    assert (cfg.lr, cfg.steps, cfg.flag, cfg.kinds, cfg.maybe) == (5e-4, 7, True, ("q", "v", "o"), None)
+    cfg = build_config(
+        WithConfig, {"lr": "5e-4", "steps": "7", "flag": "true", "kinds": "q,v,o", "maybe": "none"}
+    )
+    assert (cfg.lr, cfg.steps, cfg.flag, cfg.kinds, cfg.maybe) == (
+        5e-4,
+        7,
+        True,
+        ("q", "v", "o"),
+        None,
+    )
     with pytest.raises(UserError, match="Valid keys: lr, steps, flag, kinds, maybe"):
         build_config(WithConfig, {"nope": "1"})
     with pytest.raises(UserError, match="expected int"):
