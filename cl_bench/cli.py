@@ -28,6 +28,15 @@ list_app = typer.Typer(no_args_is_help=True, help="List learners, settings or da
 app.add_typer(list_app, name="list")
 
 
+# Options shared by `run` and `sweep` (one definition, one help text).
+OrderOption = Annotated[str | None, typer.Option(help="Task order (MTIL: I or II).")]
+ShotsOption = Annotated[int | None, typer.Option(help="Images per class for training (0 = all).")]
+IterationsOption = Annotated[
+    int | None, typer.Option(help="Override the per-task iteration count.")
+]
+BatchSizeOption = Annotated[int | None, typer.Option(help="Override the training batch size.")]
+
+
 def _mount_sub_apps() -> None:
     """The world-specific command groups; their modules import only typer at top level."""
     from cl_bench.data.real.cli import app as data_app
@@ -64,16 +73,10 @@ def run(
     world: Annotated[
         str, typer.Option(help="Data world: toy (embedded, default) or real.")
     ] = "toy",
-    order: Annotated[str | None, typer.Option(help="Task order (MTIL: I or II).")] = None,
-    shots: Annotated[
-        int | None, typer.Option(help="Images per class for training (0 = all).")
-    ] = None,
-    iterations: Annotated[
-        int | None, typer.Option(help="Override the per-task iteration count.")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Override the training batch size.")
-    ] = None,
+    order: OrderOption = None,
+    shots: ShotsOption = None,
+    iterations: IterationsOption = None,
+    batch_size: BatchSizeOption = None,
     seed: Annotated[
         int, typer.Option(help="Seed for initialisation, batch order, augmentation.")
     ] = 0,
@@ -264,16 +267,10 @@ def sweep(
     setting: Annotated[str, typer.Option(help="Protocol: xtail or mtil.")] = "xtail",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
     world: Annotated[str, typer.Option(help="Data world: toy or real.")] = "toy",
-    order: Annotated[str | None, typer.Option(help="Task order (MTIL: I or II).")] = None,
-    shots: Annotated[
-        int | None, typer.Option(help="Images per class for training (0 = all).")
-    ] = None,
-    iterations: Annotated[
-        int | None, typer.Option(help="Override the per-task iteration count.")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Override the training batch size.")
-    ] = None,
+    order: OrderOption = None,
+    shots: ShotsOption = None,
+    iterations: IterationsOption = None,
+    batch_size: BatchSizeOption = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Learner hyperparameter KEY=VALUE for every learner."),
