@@ -128,21 +128,15 @@ def print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
 
 def dataset_rows(world: str) -> list[dict[str, Any]]:
     from cl_bench.errors import UserError
+    from cl_bench.worlds import WORLD_CLASSES, world_class
 
-    worlds = {
-        "toy": "cl_bench.data.toy.world:ToyWorld",
-        "real": "cl_bench.data.real.world:RealWorld",
-    }
-    if world not in (*worlds, "all"):
-        raise UserError(f"unknown world {world!r}; valid: toy, real, all")
+    if world not in (*WORLD_CLASSES, "all"):
+        raise UserError(f"unknown world {world!r}; valid: {', '.join(WORLD_CLASSES)}, all")
     rows = []
-    for name, target in worlds.items():
+    for name in WORLD_CLASSES:
         if world not in (name, "all"):
             continue
-        module, _, attr = target.partition(":")
-        if importlib.util.find_spec(module) is None:
-            continue
-        w = getattr(importlib.import_module(module), attr)()
+        w = world_class(name)()
         for ds in w.dataset_names():
             info = w.dataset_info(ds)
             rows.append(

@@ -14,11 +14,16 @@ WORLD_CLASSES = {
 }
 
 
+def world_class(name: str) -> type[DataWorld]:
+    """The DataWorld class registered under `name`, imported on demand."""
+    if name not in WORLD_CLASSES:
+        raise UserError(f"unknown world {name!r}; valid worlds: {', '.join(WORLDS)}")
+    module, _, attr = WORLD_CLASSES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def get_world(cfg: RunConfig) -> DataWorld:
-    if cfg.world not in WORLD_CLASSES:
-        raise UserError(f"unknown world {cfg.world!r}; valid worlds: {', '.join(WORLDS)}")
-    module, _, attr = WORLD_CLASSES[cfg.world].partition(":")
-    cls = getattr(importlib.import_module(module), attr)
+    cls = world_class(cfg.world)
     if cfg.world == "real":
         return cls(
             model=cfg.model,
