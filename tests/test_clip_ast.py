@@ -8,6 +8,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+from fakeworld import FakeWorld
 
 from cl_bench.config import RunConfig
 from cl_bench.context import RunContext
@@ -16,7 +17,6 @@ from cl_bench.errors import UserError
 from cl_bench.learner import Batch, StepInfo, Task, build_config, get_learner
 from cl_bench.learners.clip_ast import CLIPAST, adam_importance, block_candidates
 from cl_bench.models.tiny import random_tiny_clip
-from tests.fakeworld import FakeWorld
 
 PER_BLOCK = 12  # ln_1, attn in/out proj, ln_2, mlp c_fc/c_proj: weight + bias each
 

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fakeworld import FakeWorld
 from torch.nn.utils import parametrize
 
 from cl_bench.config import RunConfig
@@ -24,7 +25,6 @@ from cl_bench.learners.drslora import (
 from cl_bench.learners.gated_lora import GatedLoRA
 from cl_bench.learners.lora import LoRA, scaled_rank
 from cl_bench.models.backbone import Backbone
-from tests.fakeworld import FakeWorld
 
 # Σκ of the staircase definition (PROTOCOL.md §4): Σ linspace(0, 0.005, 50) = 0.125 per
 # step of the staircase; X-TAIL 250 sparse steps -> interval 5, MTIL (5-shot) 150 -> interval 3.

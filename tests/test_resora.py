@@ -9,6 +9,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+from fakeworld import FakeWorld
 from torch.nn.utils import parametrize
 
 from cl_bench.config import RunConfig
@@ -24,7 +25,6 @@ from cl_bench.models.redundancy import (
     redundancy_penalty,
     set_redundancy,
 )
-from tests.fakeworld import FakeWorld
 
 
 def orthogonal_rows(r: int, d: int, seed: int = 0) -> torch.Tensor:
