@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from baselines._common import clip_distillation, frozen_copy
 from baselines.finetune import Finetune
+from cl_bench.distributed import gather_batch
 from cl_bench.learner import Batch, StepInfo, Task, register_learner
 from cl_bench.losses import clip_features, contrastive_loss
 
@@ -69,6 +70,9 @@ class LwF(Finetune):
             text_features if self.cfg.student_text_features == "student" else self.teacher_text
         )
         student_logits = self.model.logit_scale.exp() * image_features @ student_text.T
+        # text->image distillation is a softmax over the batch's images: under torchrun it
+        # needs every rank's rows (identity in one process)
+        teacher_logits, student_logits = gather_batch(teacher_logits, student_logits)
         return clip_distillation(teacher_logits, student_logits, self.cfg.temperature)
 
     def train_step(self, batch: Batch, step: StepInfo) -> dict[str, float]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import traceback
@@ -158,9 +159,10 @@ def run(
 
     reporter = RichReporter()
     engine = Engine(cfg, reporter)  # resolves and validates everything before any bar is drawn
-    with reporter:
+    with reporter if engine.dist.is_main else contextlib.nullcontext():  # torchrun: rank 0 draws
         outcome = engine.run()
-    print_summary(outcome)
+    if engine.dist.is_main:
+        print_summary(outcome)
 
 
 @list_app.command("learners")
@@ -278,8 +280,42 @@ def sweep(
     out: Annotated[
         Path, typer.Option(help="Folder that receives one run directory per (learner, seed).")
     ] = Path("results/runs"),
-    jobs: Annotated[int, typer.Option(help="Runs in parallel (local processes).")] = 1,
-    executor: Annotated[str, typer.Option(help="Where runs execute: local.")] = "local",
+    jobs: Annotated[
+        int | None, typer.Option(help="--executor local: runs in parallel (default 1).")
+    ] = None,
+    executor: Annotated[
+        str, typer.Option(help="Where runs execute: local, slurm (submitit) or ray.")
+    ] = "local",
+    slurm_partition: Annotated[
+        str | None, typer.Option(help="--executor slurm: partition (default: the cluster's).")
+    ] = None,
+    gpus_per_run: Annotated[
+        int | None, typer.Option(help="slurm / ray: GPUs per run (default 1 with --device cuda).")
+    ] = None,
+    cpus_per_run: Annotated[
+        int | None, typer.Option(help="slurm / ray: CPU cores per run (and its torch threads).")
+    ] = None,
+    mem_gb: Annotated[
+        float | None, typer.Option(help="--executor slurm: host memory per run in GB.")
+    ] = None,
+    time_min: Annotated[
+        int | None, typer.Option(help="--executor slurm (required): time limit per run in minutes.")
+    ] = None,
+    array_parallelism: Annotated[
+        int | None,
+        typer.Option(help="--executor slurm: most jobs queued or running at once (default all)."),
+    ] = None,
+    slurm_logs: Annotated[
+        Path | None,
+        typer.Option(help="--executor slurm: folder for job logs (default ./slurm-logs/<job id>)."),
+    ] = None,
+    submitit_cluster: Annotated[
+        str | None, typer.Option(hidden=True, help="submitit cluster: slurm or local (tests).")
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="--executor ray: cluster to join, e.g. auto (default: a new local one)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
     threads: Annotated[
@@ -295,12 +331,23 @@ def sweep(
     dry_run: Annotated[
         bool, typer.Option(help="Print what would run, resume or be skipped; run nothing.")
     ] = False,
+    data_root: Annotated[
+        str | None, typer.Option(help="Real world: directory holding the datasets.")
+    ] = None,
+    reference_images: Annotated[
+        str | None, typer.Option(help="Real world: reference image folder for ZSCL.")
+    ] = None,
+    reference_captions: Annotated[
+        str | None, typer.Option(help="Real world: reference caption list for ZSCL.")
+    ] = None,
 ) -> None:
     """Run a learner x seed grid; finished runs are skipped, interrupted ones resumed."""
     from cl_bench.config import RunConfig
+    from cl_bench.executors import check_gpu_request
     from cl_bench.sweep import (
         GridView,
         check_states,
+        executor_options,
         expand_learners,
         make_executor,
         parse_seeds,
@@ -313,14 +360,23 @@ def sweep(
         setting=setting, world=world, order=order, shots=shots, iterations=iterations,
         batch_size=batch_size, overrides=_parse_sets(set_ or []), device=device,
         precision=precision, threads=threads, eval_limit=eval_limit, max_tasks=max_tasks,
+        data_root=data_root, reference_images=reference_images,
+        reference_captions=reference_captions,
     )  # fmt: skip
     base.validate()
-    runner = make_executor(executor, jobs)
+    options = executor_options(
+        executor, jobs, partition=slurm_partition,
+        gpus_per_run=check_gpu_request(executor, device, gpus_per_run),
+        cpus_per_run=cpus_per_run, mem_gb=mem_gb, time_min=time_min,
+        array_parallelism=array_parallelism, slurm_logs=slurm_logs, cluster=submitit_cluster,
+        ray_address=ray_address,
+    )  # fmt: skip
     plan = plan_jobs(base, names, seed_list, out)
     if dry_run:
         for job in plan:
             print(f"{job.action:7s} {job.learner} seed {job.seed} -> {job.run_dir}")
         return
+    runner = make_executor(executor, **options)  # a cluster executor connects here
     with GridView(names, seed_list) as view:
         states = run_sweep(plan, runner, view)
     check_states(states)

@@ -12,6 +12,7 @@ import math
 import os
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,7 @@ from cl_bench import checkpoint as ckpt
 from cl_bench.config import RunConfig
 from cl_bench.context import RunContext
 from cl_bench.data.world import DataWorld, ImageSet
+from cl_bench.distributed import from_environment
 from cl_bench.errors import RunFailed, UserError
 from cl_bench.evaluation import EvalCache, EvalResult, evaluate_all
 from cl_bench.learner import Batch, Learner, StepInfo, Task, build_config, config_dict, get_learner
@@ -160,19 +162,30 @@ class Engine:
             else default_run_dir(cfg, self.setting, self.learner_cls.name, world_name)
         )
         self.run_id = run_id_of(cfg, self.setting, self.learner_cls.name, world_name)
+        # torchrun: every rank runs this same engine; rank 0 alone writes (distributed.py)
+        self.dist = from_environment(cfg.device)
+        self.dist.check_batch_size(self.setting.batch_size)
+        if not self.dist.is_main:
+            self.reporter = NullReporter()
         self._check_run_dir()
         self.world: DataWorld = world if world is not None else get_world(cfg)
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise UserError("--device cuda but no CUDA device is available; use --device cpu")
-        self.device = torch.device(cfg.device)
+        self.device = (
+            torch.device("cuda", self.dist.local_rank)
+            if cfg.device == "cuda" and self.dist.enabled
+            else torch.device(cfg.device)
+        )
         self.eval_cache = EvalCache()  # text classifiers / image features across evaluations
         if cfg.threads is not None:  # shared CPUs: fewer threads than cores can be much faster
             torch.set_num_threads(cfg.threads)
         missing = self.world.check(list(self.setting.eval_datasets))
         if missing:
             raise UserError(f"the {cfg.world} world is not ready: " + " | ".join(missing))
+        self.dist.barrier()  # every rank has checked the run dir before rank 0 writes to it
         try:  # last check, so a refused run leaves no empty directory behind
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.dist.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(
                 f"cannot create the run directory {self.run_dir} ({exc.strerror}); choose another --out"
@@ -210,17 +223,25 @@ class Engine:
 
     # ---------------------------------------------------------------------------------
     def run(self) -> RunOutcome:
-        with lock_run_dir(self.run_dir):
-            return self._run()
+        try:
+            with lock_run_dir(self.run_dir) if self.dist.is_main else nullcontext():
+                return self._run()
+        finally:
+            self.dist.close()
+
+    def _write_json(self, data: dict[str, Any], path: Path) -> None:
+        if self.dist.is_main:
+            write_json(data, path)
 
     def _run(self) -> RunOutcome:
         cfg, setting = self.cfg, self.setting
         started = time.time()
-        remove_temp_files(self.run_dir)
+        if self.dist.is_main:
+            remove_temp_files(self.run_dir)
         resuming = (
             self.cfg.resume and (self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.META_FILE).exists()
         )
-        if self.cfg.force and not self.cfg.resume:
+        if self.cfg.force and not self.cfg.resume and self.dist.is_main:
             self._clear_outputs()
         seed_everything(cfg.seed)
         backbone = self.world.backbone(self.device)
@@ -229,6 +250,7 @@ class Engine:
         infos = {name: self.world.dataset_info(name) for name in setting.eval_datasets}
         self.reporter.message(f"loading {len(infos)} test sets")
         test_sets = self._load_test_sets(backbone)
+        self.eval_sets = {n: self.dist.shard_images(s) for n, s in test_sets.items()}
         ctx = self._make_context(backbone)
         learner = self.learner_cls(backbone, self.learner_cfg, ctx)
         self.learner = learner
@@ -285,6 +307,7 @@ class Engine:
             },
             "versions": versions(),
             "torch_threads": torch.get_num_threads(),
+            "distributed": self.dist.describe(),
             "load_average_1min": round(os.getloadavg()[0], 2),  # context for the wall times
             "splits": {
                 n: {**previous_splits.get(n, {}), "test": s.ids_hash} for n, s in test_sets.items()
@@ -294,18 +317,20 @@ class Engine:
             "resumes": resumes,
         }
         self.manifest = manifest
-        write_json(manifest, self.run_dir / MANIFEST_FILE)
+        self._write_json(manifest, self.run_dir / MANIFEST_FILE)
         try:
             if not resuming:
                 rows = self._evaluate(learner, backbone, infos, test_sets, 0, "zeroshot")
-                write_parquet(
-                    pd.DataFrame(rows, columns=ACCURACY_COLUMNS), self.run_dir / ACCURACY_FILE
-                )
+                if self.dist.is_main:
+                    write_parquet(
+                        pd.DataFrame(rows, columns=ACCURACY_COLUMNS), self.run_dir / ACCURACY_FILE
+                    )
             for t in range(start_task, len(setting.datasets)):
                 rows += self._run_task(t, learner, backbone, ctx, infos, test_sets)
             acc = pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
             summary = summarize(acc)
-            write_parquet(summary, self.run_dir / SUMMARY_FILE)
+            if self.dist.is_main:
+                write_parquet(summary, self.run_dir / SUMMARY_FILE)
             manifest["extra_inference_parameters"] = (
                 sum(p.numel() for p in learner.eval_model().parameters()) - base_params
             )
@@ -313,7 +338,7 @@ class Engine:
             manifest["wall_time_s"] = round(time.time() - started, 2)
             manifest["peak_rss_mb"] = round(peak_rss_mb(), 1)
             manifest["derived"] = ctx.derived
-            write_json(manifest, self.run_dir / MANIFEST_FILE)
+            self._write_json(manifest, self.run_dir / MANIFEST_FILE)
             return RunOutcome(self.run_dir, acc, summary, manifest)
         except BaseException as exc:
             manifest["status"] = (
@@ -321,7 +346,7 @@ class Engine:
             )
             manifest["error"] = f"{type(exc).__name__}: {exc}"
             manifest["derived"] = ctx.derived
-            write_json(manifest, self.run_dir / MANIFEST_FILE)
+            self._write_json(manifest, self.run_dir / MANIFEST_FILE)
             raise
 
     def _load_test_sets(self, backbone) -> dict[str, ImageSet]:
@@ -430,16 +455,19 @@ class Engine:
             len(setting.datasets),
         )
         learner.begin_task(task)
+        self.dist.attach(learner.model)  # torchrun: same weights, averaged gradients
         trainable = learner.trainable_parameter_count()
         train_log: list[dict[str, Any]] = []
         if learner.trains:
             self._train(t, task, learner, backbone, train, train_log)
         learner.end_task(task)
+        self.dist.detach()
         train_s = time.time() - task_start
         eval_start = time.time()
         rows = self._evaluate(learner, backbone, infos, test_sets, t + 1, name)
         eval_s = time.time() - eval_start
-        self._write_task_outputs(rows, ctx, train_log, t)
+        if self.dist.is_main:
+            self._write_task_outputs(rows, ctx, train_log, t)
         self.manifest["tasks"].append(
             {
                 "task": t + 1,
@@ -456,9 +484,10 @@ class Engine:
         )
         self.manifest["derived"] = ctx.derived
         self.manifest["record_tables"] = sorted(ctx.records)
-        write_json(self.manifest, self.run_dir / MANIFEST_FILE)
+        self._write_json(self.manifest, self.run_dir / MANIFEST_FILE)
         # Last: the checkpoint marks the task complete once everything above is on disk.
-        ckpt.save_checkpoint(self.run_dir, learner.state_dict(), t + 1, cfg.hash())
+        if self.dist.is_main:
+            ckpt.save_checkpoint(self.run_dir, learner.state_dict(), t + 1, cfg.hash())
         return rows
 
     def _train(
@@ -478,7 +507,7 @@ class Engine:
         pending: list[tuple[int, dict[str, Any]]] = []
         learner.model.train()
         for step in range(setting.iterations):
-            idx = stream.next_indices()
+            idx = self.dist.shard_indices(stream.next_indices())  # the whole batch in one process
             images = backbone.normalize(_to_device(train.images[idx], self.device))
             labels = _to_device(np.asarray(train.labels[idx], dtype=np.int64), self.device)
             with autocast(self.device, cfg.precision):  # fp32 master weights, see precision.py
@@ -503,18 +532,21 @@ class Engine:
         pending: list[tuple[int, dict[str, Any]]],
         log: list[dict[str, Any]],
     ) -> None:
-        """Host-sync the logged scalars every `log_every` steps; stop on a non-finite one."""
-        for step, scalars in pending:
-            values = {k: _as_float(k, v, t, step) for k, v in scalars.items()}
+        """Host-sync the logged scalars every `log_every` steps; stop on a non-finite one.
+
+        Under torchrun each scalar is averaged over the ranks (a per-image mean over this
+        rank's shard becomes the batch mean), so every rank logs and stops alike.
+        """
+        steps = [{k: _as_float(k, v, t, step) for k, v in sc.items()} for step, sc in pending]
+        steps = self.dist.mean_scalars(steps)
+        for (step, _), values in zip(pending, steps, strict=True):
             bad = {k: v for k, v in values.items() if not math.isfinite(v)}
             if bad:
                 key, value = next(iter(bad.items()))
                 raise RunFailed(
                     f"non-finite {key} ({value}) at task {t + 1} ({name}), step {step + 1}; results of completed tasks are kept in {self.run_dir}"
                 )
-        step, scalars = pending[-1]
-        floats = {k: _as_float(k, v, t, step) for k, v in scalars.items()}
-        entry = {"task": t + 1, "step": step + 1, **floats}
+        entry = {"task": t + 1, "step": pending[-1][0] + 1, **steps[-1]}
         log.append(entry)
         self.reporter.advance(0, entry)
 
@@ -522,13 +554,14 @@ class Engine:
         self, learner: Learner, backbone, infos, test_sets, after_task: int, after_name: str
     ) -> list[dict[str, Any]]:
         setting = self.setting
-        total = sum(len(test_sets[n]) for n in setting.eval_datasets)
+        eval_sets = self.eval_sets  # this rank's share of every test set (all of it in one process)
+        total = sum(len(eval_sets[n]) for n in setting.eval_datasets)
         self.reporter.phase(f"eval after task {after_task} ({after_name})", total)
         results = evaluate_all(
             learner.eval_model(),
             backbone,
             infos,
-            test_sets,
+            eval_sets,
             setting.datasets,
             tuple(h for h in setting.holdout if h not in setting.datasets),
             setting.task_agnostic,
@@ -538,6 +571,10 @@ class Engine:
             cache=self.eval_cache,
             precision=self.cfg.precision,
         )
+        counts = self.dist.sum_counts([(r.correct, r.total) for r in results])
+        results = [
+            EvalResult(r.dataset, r.split, c, n) for r, (c, n) in zip(results, counts, strict=True)
+        ]
         return [self._row(r, after_task, after_name) for r in results]
 
     def _row(self, r: EvalResult, after_task: int, after_name: str) -> dict[str, Any]:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl_bench.distributed import gather_batch
+
 
 def clip_features(
     model: nn.Module, images: torch.Tensor, text_tokens: torch.Tensor
@@ -29,7 +31,10 @@ def contrastive_loss(
 
     text->image: each image's class prompt is scored against all images of the batch; where a
     class occurs several times, the target is spread uniformly over that class's images.
+    Under torchrun the rows are this rank's shard of the batch: the loss is computed on the
+    whole batch gathered from every rank (`gather_batch`), so it equals one process's loss.
     """
+    logits_per_image, labels = gather_batch(logits_per_image, labels)
     loss_i2t = F.cross_entropy(logits_per_image, labels, label_smoothing=label_smoothing)
     logits_per_text = logits_per_image.T[labels]  # [B, B]: prompt of image i vs every image j
     same_class = (labels[:, None] == labels[None, :]).float()
