@@ -2,8 +2,9 @@
 
 One run: the accuracy matrix (after-task x dataset), each dataset's accuracy across the
 stream, training curves from train_log.parquet, and the learner's own records when present —
-drslora's rank allocation (ranks.parquet, as CoDyRA Fig. 5/6) and gated_lora's active blocks
-(gates.parquet). matplotlib is imported lazily with the Agg backend (no display needed).
+drslora's rank allocation (ranks.parquet, as CoDyRA Fig. 5/6), gated_lora's active blocks
+(gates.parquet) and clip_ast's selected tensors (selected.parquet). matplotlib is imported
+lazily with the Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -281,6 +282,16 @@ def report_run(run_dir: Path, out: Path | None = None) -> list[Path]:
         active_cmap = ListedColormap(["#d9d9d9", "#1a9850"])
         paths.append(plot_site_grid(gates, "active", 1.0, active_cmap, ("score", "{:.2f}"), "block (numbers: gate score s)", f"Active LoRA blocks (green) and gate scores per layer and matrix after each task\n{title}", out / "gates_active_blocks.png", ["inactive", "active"]))  # fmt: skip
         paths.append(plot_fraction_per_task(gates, "active", None, "active blocks / blocks", f"Active LoRA blocks per task\n{title}", out / "gates_active_fraction.png"))  # fmt: skip
+    selected_path = run_dir / "selected.parquet"
+    if selected_path.exists():  # clip_ast: which tensors of each block trained, by importance
+        chosen = read_parquet(selected_path)
+        chosen = chosen.assign(selected=chosen["selected"].astype(float))
+        _pyplot()
+        from matplotlib.colors import ListedColormap
+
+        chosen_cmap = ListedColormap(["#d9d9d9", "#2166ac"])
+        paths.append(plot_site_grid(chosen, "selected", 1.0, chosen_cmap, ("importance_rank", "{:.0f}"), "tensor (numbers: importance rank in its block)", f"Tensors selected for training (blue) per layer after each task\n{title}", out / "selected_tensors.png", ["frozen", "selected"]))  # fmt: skip
+        paths.append(plot_fraction_per_task(chosen, "selected", None, "selected tensors / tensors", f"Selected tensors per task\n{title}", out / "selected_fraction.png"))  # fmt: skip
     return paths
 
 

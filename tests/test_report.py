@@ -52,6 +52,14 @@ def test_report_writes_every_plot_the_run_supports(tmp_path: Path) -> None:
     gates["score"] = rng.uniform(0, 0.2, len(gates))
     gates["active"] = gates["score"] >= 0.1
     write_parquet(gates, run_dir / "gates.parquet")
+    selected = pd.DataFrame(site_rows(rng))  # clip_ast's columns (learners/clip_ast.py select)
+    selected["importance"] = rng.uniform(0, 1, len(selected))
+    selected["importance_rank"] = selected.groupby(["after_task", "encoder", "layer"])[
+        "importance"
+    ].rank(ascending=False)
+    selected["selected"] = selected["importance_rank"] <= 3
+    selected["numel"] = 128
+    write_parquet(selected, run_dir / "selected.parquet")
     log = pd.DataFrame(
         {"task": np.repeat([1, 2, 3], 8), "step": np.tile(np.arange(10, 90, 10), 3)}
     ).assign(loss=lambda d: 3.0 - d["step"] / 100, kappa=0.001)
@@ -67,6 +75,8 @@ def test_report_writes_every_plot_the_run_supports(tmp_path: Path) -> None:
             "ranks_surviving.png",
             "gates_active_blocks.png",
             "gates_active_fraction.png",
+            "selected_tensors.png",
+            "selected_fraction.png",
         },
     )
 
