@@ -250,7 +250,6 @@ class Engine:
         infos = {name: self.world.dataset_info(name) for name in setting.eval_datasets}
         self.reporter.message(f"loading {len(infos)} test sets")
         test_sets = self._load_test_sets(backbone)
-        self.eval_sets = {n: self.dist.shard_images(s) for n, s in test_sets.items()}
         ctx = self._make_context(backbone)
         learner = self.learner_cls(backbone, self.learner_cfg, ctx)
         self.learner = learner
@@ -554,7 +553,8 @@ class Engine:
         self, learner: Learner, backbone, infos, test_sets, after_task: int, after_name: str
     ) -> list[dict[str, Any]]:
         setting = self.setting
-        eval_sets = self.eval_sets  # this rank's share of every test set (all of it in one process)
+        # this rank's share of every test set (a strided view; all of it in one process)
+        eval_sets = {n: self.dist.shard_images(s) for n, s in test_sets.items()}
         total = sum(len(eval_sets[n]) for n in setting.eval_datasets)
         self.reporter.phase(f"eval after task {after_task} ({after_name})", total)
         results = evaluate_all(
