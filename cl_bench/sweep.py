@@ -5,7 +5,7 @@ The sweep itself writes nothing: each cell is an ordinary `clbench run` with an 
 sweep is idempotent: finished runs are skipped, unfinished ones continue with --resume, and
 a directory that holds a run of a different configuration stops the sweep before anything
 starts. Progress is read from each run's manifest, so it works for any executor whose
-workers share the file system (local processes now; Slurm or Ray executors later).
+workers share the file system (local processes; SLURM and Ray in cl_bench.executors).
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from cl_bench.config import RunConfig
 from cl_bench.errors import RunFailed, UserError
+from cl_bench.executors import RAY_FLAGS, SLURM_FLAGS
 from cl_bench.results import MANIFEST_FILE, SUMMARY_FILE, read_manifest
 
 
@@ -131,6 +132,12 @@ def run_args(cfg: RunConfig) -> list[str]:
         "--eval-limit": cfg.eval_limit,
         "--max-tasks": cfg.max_tasks,
         "--threads": cfg.threads,
+        "--model": cfg.model,
+        "--pretrained": cfg.pretrained,
+        "--data-root": cfg.data_root,
+        "--split-dir": cfg.split_dir,
+        "--reference-images": cfg.reference_images,
+        "--reference-captions": cfg.reference_captions,
     }
     for flag, value in optional.items():
         if value is not None:
@@ -217,15 +224,45 @@ class LocalExecutor:
         return LocalHandle(process, log)
 
 
-EXECUTORS = {"local": LocalExecutor}
+# name -> (the executor class as "module:Class", its constructor arguments -> their CLI flags).
+# The cluster executors import their optional extra only when they are built.
+EXECUTORS: dict[str, tuple[str, dict[str, str]]] = {
+    "local": ("cl_bench.sweep:LocalExecutor", {"jobs": "--jobs"}),
+    "slurm": ("cl_bench.executors:SlurmExecutor", SLURM_FLAGS),
+    "ray": ("cl_bench.executors:RayExecutor", RAY_FLAGS),
+}
 
 
-def make_executor(name: str, jobs: int) -> Executor:
-    if jobs < 1:
-        raise UserError(f"--jobs must be >= 1, got {jobs}")
+def make_executor(name: str, jobs: int | None = None, **options: Any) -> Executor:
+    """The executor `name`, built from the options given to it (None = not given)."""
+    import importlib
+
+    given = executor_options(name, jobs, **options)
+    module, _, cls = EXECUTORS[name][0].partition(":")
+    return getattr(importlib.import_module(module), cls)(**given)
+
+
+def executor_options(name: str, jobs: int | None = None, **options: Any) -> dict[str, Any]:
+    """The options given to executor `name`, checked before anything starts: an option that
+    belongs to another executor is an error, not silently ignored."""
     if name not in EXECUTORS:
         raise UserError(f"unknown --executor {name!r}; valid: {', '.join(EXECUTORS)}")
-    return EXECUTORS[name](jobs=jobs)
+    accepted = EXECUTORS[name][1]
+    given = {k: v for k, v in {"jobs": jobs, **options}.items() if v is not None}
+    for key in given:
+        owners = [n for n, (_, flags) in EXECUTORS.items() if key in flags]
+        if not owners:
+            raise TypeError(f"make_executor: unknown option {key!r}")
+        if key not in accepted:
+            flag = EXECUTORS[owners[0]][1][key]
+            raise UserError(
+                f"{flag} applies to --executor {' or '.join(owners)}, not {name}; "
+                f"drop {flag} or choose --executor {owners[0]}"
+            )
+        low = 0 if key == "gpus_per_run" else 1
+        if isinstance(given[key], int | float) and given[key] < low:
+            raise UserError(f"{accepted[key]} must be >= {low}, got {given[key]}")
+    return given
 
 
 # ------------------------------------------------------------------------------ running
