@@ -84,7 +84,9 @@ def test_plan_names_runs_like_the_engine_and_validates(tmp_path: Path) -> None:
         plan_jobs(replace(BASE, overrides={"no_such_key": "1"}), ["finetune"], [0], tmp_path)
     with pytest.raises(UserError, match="--seeds"):
         parse_seeds("0,x")
-    with pytest.raises(UserError, match="--executor"):
+    with pytest.raises(UserError, match="unknown --executor 'nope'; valid: local, slurm, ray"):
+        make_executor("nope", 1)
+    with pytest.raises(UserError, match="--jobs applies to --executor local, not slurm"):
         make_executor("slurm", 1)
 
 
