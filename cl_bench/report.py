@@ -244,6 +244,34 @@ def plot_fraction_per_task(
     return _save(fig, path)
 
 
+def plot_on_off_sites(
+    df: pd.DataFrame,
+    flag: str,
+    names: tuple[str, str],
+    on_color: str,
+    annotate: tuple[str, str],
+    grid_label: str,
+    grid_title: str,
+    fraction_label: str,
+    fraction_title: str,
+    grid_path: Path,
+    fraction_path: Path,
+) -> list[Path]:
+    """A boolean per (layer, matrix) site (gates, selections): the grid, sites that are on in
+    `on_color`, and the fraction of sites on per task."""
+    _pyplot()
+    from matplotlib.colors import ListedColormap
+
+    df = df.assign(**{flag: df[flag].astype(float)})
+    cmap = ListedColormap(["#d9d9d9", on_color])
+    return [
+        plot_site_grid(
+            df, flag, 1.0, cmap, annotate, grid_label, grid_title, grid_path, list(names)
+        ),
+        plot_fraction_per_task(df, flag, None, fraction_label, fraction_title, fraction_path),
+    ]
+
+
 def report_run(run_dir: Path, out: Path | None = None) -> list[Path]:
     """Write every plot that the run's files support; return the PNG paths."""
     run_dir = Path(run_dir)
@@ -273,25 +301,11 @@ def report_run(run_dir: Path, out: Path | None = None) -> list[Path]:
         paths.append(plot_site_grid(ranks, "surviving", float(ranks["rank"].max()), "magma", ("surviving", "{:.0f}"), "surviving ranks", f"Rank allocation: surviving ranks per layer and matrix after each task\n{title}", out / "ranks_allocation.png"))  # fmt: skip
         paths.append(plot_fraction_per_task(ranks, "surviving", "rank", "surviving ranks / rank", f"Surviving ranks per task\n{title}", out / "ranks_surviving.png"))  # fmt: skip
     gates_path = run_dir / "gates.parquet"
-    if gates_path.exists():
-        gates = read_parquet(gates_path)
-        gates = gates.assign(active=gates["active"].astype(float))
-        _pyplot()
-        from matplotlib.colors import ListedColormap
-
-        active_cmap = ListedColormap(["#d9d9d9", "#1a9850"])
-        paths.append(plot_site_grid(gates, "active", 1.0, active_cmap, ("score", "{:.2f}"), "block (numbers: gate score s)", f"Active LoRA blocks (green) and gate scores per layer and matrix after each task\n{title}", out / "gates_active_blocks.png", ["inactive", "active"]))  # fmt: skip
-        paths.append(plot_fraction_per_task(gates, "active", None, "active blocks / blocks", f"Active LoRA blocks per task\n{title}", out / "gates_active_fraction.png"))  # fmt: skip
+    if gates_path.exists():  # gated_lora: which LoRA blocks are active, with their scores
+        paths += plot_on_off_sites(read_parquet(gates_path), "active", ("inactive", "active"), "#1a9850", ("score", "{:.2f}"), "block (numbers: gate score s)", f"Active LoRA blocks (green) and gate scores per layer and matrix after each task\n{title}", "active blocks / blocks", f"Active LoRA blocks per task\n{title}", out / "gates_active_blocks.png", out / "gates_active_fraction.png")  # fmt: skip
     selected_path = run_dir / "selected.parquet"
     if selected_path.exists():  # clip_ast: which tensors of each block trained, by importance
-        chosen = read_parquet(selected_path)
-        chosen = chosen.assign(selected=chosen["selected"].astype(float))
-        _pyplot()
-        from matplotlib.colors import ListedColormap
-
-        chosen_cmap = ListedColormap(["#d9d9d9", "#2166ac"])
-        paths.append(plot_site_grid(chosen, "selected", 1.0, chosen_cmap, ("importance_rank", "{:.0f}"), "tensor (numbers: importance rank in its block)", f"Tensors selected for training (blue) per layer after each task\n{title}", out / "selected_tensors.png", ["frozen", "selected"]))  # fmt: skip
-        paths.append(plot_fraction_per_task(chosen, "selected", None, "selected tensors / tensors", f"Selected tensors per task\n{title}", out / "selected_fraction.png"))  # fmt: skip
+        paths += plot_on_off_sites(read_parquet(selected_path), "selected", ("frozen", "selected"), "#2166ac", ("importance_rank", "{:.0f}"), "tensor (numbers: importance rank in its block)", f"Tensors selected for training (blue) per layer after each task\n{title}", "selected tensors / tensors", f"Selected tensors per task\n{title}", out / "selected_tensors.png", out / "selected_fraction.png")  # fmt: skip
     return paths
 
 
