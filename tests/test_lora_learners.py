@@ -283,3 +283,12 @@ def test_gated_lora_records_gates(tmp_path) -> None:
     assert (gates.score < 0.15).any()  # the |s| penalty moved scores down
     derived = engine.manifest["derived"]
     assert derived["gated_lora.score_lr"] == pytest.approx(5e-3 * 500 / 12)
+
+
+@pytest.mark.parametrize("schedule", ["paper_total", "official"])
+@pytest.mark.parametrize(("kappa_max", "levels"), [(0.0, 50), (0.005, 1)])
+def test_a_schedule_without_shrinkage_is_zero_not_nan(schedule, kappa_max, levels):
+    """κ_max = 0 (or a single level at 0) turns the ℓ1 step off: drslora = LoRA with w."""
+    kappas, facts = kappa_schedule(80, 0.7, kappa_max, levels, schedule, 1000)
+    assert np.all(kappas == 0.0)
+    assert facts["kappa_total"] == 0.0 and facts["kappa_last"] == 0.0

@@ -115,7 +115,8 @@ def kappa_schedule(
             kappas[iterations - sparse :] = official_staircase(sparse, kappa_max, levels)
         else:
             stairs = compressed_staircase(sparse, kappa_max, levels)
-            kappas[iterations - sparse :] = stairs * (paper_total / stairs.sum())
+            if stairs.sum() > 0:  # all zero (κ_max = 0 or one level): no shrinkage, not 0/0
+                kappas[iterations - sparse :] = stairs * (paper_total / stairs.sum())
     facts = {
         "dense_steps": iterations - sparse,
         "sparse_steps": sparse,
