@@ -80,6 +80,18 @@ class Setting:
         return self.datasets + tuple(h for h in self.holdout if h not in self.datasets)
 
 
+def check_keys(where: str, table: dict[str, Any], required: set[str], optional: set[str]) -> None:
+    """Strict tables (settings, dataset specs): a missing or unknown key is an error, not a default."""
+    missing = required - table.keys()
+    unknown = table.keys() - required - optional
+    if missing:
+        raise UserError(f"{where}: missing keys {sorted(missing)}; add them")
+    if unknown:
+        raise UserError(
+            f"{where}: unknown keys {sorted(unknown)}; valid keys are {sorted(required | optional)}"
+        )
+
+
 def available_settings() -> list[str]:
     return sorted(p.stem for p in (tasks_dir() / "settings").glob("*.toml"))
 
@@ -90,14 +102,7 @@ def load_setting_file(name: str) -> dict[str, Any]:
         valid = ", ".join(available_settings())
         raise UserError(f"unknown setting {name!r}; valid settings: {valid}")
     raw = read_toml(path)
-    missing = REQUIRED - raw.keys()
-    unknown = raw.keys() - REQUIRED - OPTIONAL
-    if missing:
-        raise UserError(f"{path}: missing keys {sorted(missing)}; add them")
-    if unknown:
-        raise UserError(
-            f"{path}: unknown keys {sorted(unknown)}; valid keys are {sorted(REQUIRED | OPTIONAL)}"
-        )
+    check_keys(str(path), raw, REQUIRED, OPTIONAL)
     if ("datasets" in raw) == ("orders" in raw):
         raise UserError(f"{path}: give exactly one of 'datasets' or '[orders]'")
     for world in ("real", "toy"):

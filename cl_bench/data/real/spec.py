@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cl_bench.errors import UserError
-from cl_bench.settings import read_toml, tasks_dir
+from cl_bench.settings import check_keys, read_toml, tasks_dir
 
 TOP_REQUIRED = {
     "version",
@@ -64,17 +64,6 @@ class DatasetSpec:
         return [dict(v) for v in (value if isinstance(value, list) else [value])]
 
 
-def _check_keys(where: str, table: dict[str, Any], required: set[str], optional: set[str]) -> None:
-    missing = required - table.keys()
-    unknown = table.keys() - required - optional
-    if missing:
-        raise UserError(f"{where}: missing keys {sorted(missing)}; add them")
-    if unknown:
-        raise UserError(
-            f"{where}: unknown keys {sorted(unknown)}; valid keys are {sorted(required | optional)}"
-        )
-
-
 def _check_selector(where: str, value: Any) -> None:
     items = value if isinstance(value, list) else [value]
     if not items or not all(isinstance(v, dict) for v in items):
@@ -85,7 +74,7 @@ def _check_selector(where: str, value: Any) -> None:
 
 def parse_spec(raw: dict[str, Any], path: Path) -> DatasetSpec:
     """Validate one dataset file's content."""
-    _check_keys(str(path), raw, TOP_REQUIRED, set())
+    check_keys(str(path), raw, TOP_REQUIRED, set())
     if raw["name"] != path.stem:
         raise UserError(
             f"{path}: name {raw['name']!r} differs from the file name {path.stem!r}; make them equal"
@@ -109,10 +98,10 @@ def parse_spec(raw: dict[str, Any], path: Path) -> DatasetSpec:
     source, split = raw["source"], raw["split"]
     if not isinstance(source, dict) or source.get("kind") not in SOURCE_KEYS:
         raise UserError(f"{path}: [source] kind must be one of {sorted(SOURCE_KEYS)}")
-    _check_keys(f"{path} [source]", source, *SOURCE_KEYS[source["kind"]])
+    check_keys(f"{path} [source]", source, *SOURCE_KEYS[source["kind"]])
     if not isinstance(split, dict) or split.get("rule") not in SPLIT_KEYS:
         raise UserError(f"{path}: [split] rule must be one of {sorted(SPLIT_KEYS)}")
-    _check_keys(f"{path} [split]", split, *SPLIT_KEYS[split["rule"]])
+    check_keys(f"{path} [split]", split, *SPLIT_KEYS[split["rule"]])
     if split["rule"] == "random" and not 0.0 < float(split["train_fraction"]) < 1.0:
         raise UserError(f"{path} [split]: train_fraction must lie in (0, 1)")
     for part in ("train", "test", "few_shot_train", "pool"):
