@@ -29,13 +29,29 @@ list_app = typer.Typer(no_args_is_help=True, help="List learners, settings or da
 app.add_typer(list_app, name="list")
 
 
-# Options shared by `run` and `sweep` (one definition, one help text).
+# Options shared by `run`, `sweep` and `bench` (one definition, one help text).
 OrderOption = Annotated[str | None, typer.Option(help="Task order (MTIL: I or II).")]
 ShotsOption = Annotated[int | None, typer.Option(help="Images per class for training (0 = all).")]
 IterationsOption = Annotated[
     int | None, typer.Option(help="Override the per-task iteration count.")
 ]
 BatchSizeOption = Annotated[int | None, typer.Option(help="Override the training batch size.")]
+DeviceOption = Annotated[str, typer.Option(help="cpu or cuda.")]
+EvalLimitOption = Annotated[
+    int | None, typer.Option(help="At most N test images per dataset (quick looks).")
+]
+MaxTasksOption = Annotated[
+    int | None, typer.Option(help="Only the first N tasks of the stream (quick looks).")
+]
+DataRootOption = Annotated[
+    str | None, typer.Option(help="Real world: directory holding the datasets.")
+]
+ReferenceImagesOption = Annotated[
+    str | None, typer.Option(help="Real world: reference image folder for ZSCL.")
+]
+ReferenceCaptionsOption = Annotated[
+    str | None, typer.Option(help="Real world: reference caption list (one per line) for ZSCL.")
+]
 
 
 def _mount_sub_apps() -> None:
@@ -97,7 +113,7 @@ def run(
         list[str] | None,
         typer.Option("--set", help="Learner hyperparameter KEY=VALUE (repeatable)."),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: DeviceOption = "cpu",
     config: Annotated[
         Path | None, typer.Option(help="TOML file with run options and a [set] table.")
     ] = None,
@@ -107,24 +123,14 @@ def run(
     pretrained: Annotated[
         str | None, typer.Option(help="Real world: open_clip weights tag (default openai).")
     ] = None,
-    data_root: Annotated[
-        str | None, typer.Option(help="Real world: directory holding the datasets.")
-    ] = None,
+    data_root: DataRootOption = None,
     split_dir: Annotated[
         str | None, typer.Option(help="Real world: directory of CoOp-style split JSON files.")
     ] = None,
-    reference_images: Annotated[
-        str | None, typer.Option(help="Real world: reference image folder for ZSCL.")
-    ] = None,
-    reference_captions: Annotated[
-        str | None, typer.Option(help="Real world: reference caption list (one per line) for ZSCL.")
-    ] = None,
-    eval_limit: Annotated[
-        int | None, typer.Option(help="At most N test images per dataset (quick looks).")
-    ] = None,
-    max_tasks: Annotated[
-        int | None, typer.Option(help="Only the first N tasks of the stream (quick looks).")
-    ] = None,
+    reference_images: ReferenceImagesOption = None,
+    reference_captions: ReferenceCaptionsOption = None,
+    eval_limit: EvalLimitOption = None,
+    max_tasks: MaxTasksOption = None,
     precision: Annotated[
         str,
         typer.Option(help="fp32, bf16 or fp16 (autocast, fp32 master weights; fp16 CUDA only)."),
@@ -316,30 +322,20 @@ def sweep(
         str | None,
         typer.Option(help="--executor ray: cluster to join, e.g. auto (default: a new local one)."),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: DeviceOption = "cpu",
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
     threads: Annotated[
         int | None,
         typer.Option(help="torch CPU threads per run (default: cores // --jobs when --jobs > 1)."),
     ] = None,
-    eval_limit: Annotated[
-        int | None, typer.Option(help="At most N test images per dataset (quick looks).")
-    ] = None,
-    max_tasks: Annotated[
-        int | None, typer.Option(help="Only the first N tasks of the stream (quick looks).")
-    ] = None,
+    eval_limit: EvalLimitOption = None,
+    max_tasks: MaxTasksOption = None,
     dry_run: Annotated[
         bool, typer.Option(help="Print what would run, resume or be skipped; run nothing.")
     ] = False,
-    data_root: Annotated[
-        str | None, typer.Option(help="Real world: directory holding the datasets.")
-    ] = None,
-    reference_images: Annotated[
-        str | None, typer.Option(help="Real world: reference image folder for ZSCL.")
-    ] = None,
-    reference_captions: Annotated[
-        str | None, typer.Option(help="Real world: reference caption list for ZSCL.")
-    ] = None,
+    data_root: DataRootOption = None,
+    reference_images: ReferenceImagesOption = None,
+    reference_captions: ReferenceCaptionsOption = None,
 ) -> None:
     """Run a learner x seed grid; finished runs are skipped, interrupted ones resumed."""
     from cl_bench.config import RunConfig
@@ -424,7 +420,7 @@ def bench(
     repeats: Annotated[
         int, typer.Option(help="Engine/bare pairs; the median ratio is reported.")
     ] = 3,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: DeviceOption = "cpu",
     precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
     threads: Annotated[
         int | None, typer.Option(help="torch CPU threads (default: all cores).")
