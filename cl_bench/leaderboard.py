@@ -46,8 +46,8 @@ GROUP_FIELDS = (
     "shots",
     "iterations",
     "stream",
-    "eval_limit",
     "precision",
+    "eval_limit",
 )
 FILTER_FLAGS = {"setting": "--setting", "world": "--world", "order": "--order", "shots": "--shots"}
 

@@ -12,7 +12,7 @@ import io
 import math
 from collections.abc import Callable
 
-from cl_bench.leaderboard import Board, Cell, Column, Table
+from cl_bench.leaderboard import GROUP_FIELDS, Board, Cell, Column, Table
 
 NOTE = (
     "Mean ± sample standard deviation (ddof = 1) over seeds; seeds = runs in the row. "
@@ -20,16 +20,9 @@ NOTE = (
     "(no trainable parameters, e.g. zeroshot) are not ranked. Transfer has no value for the "
     "first dataset of the stream."
 )
-GROUP_ORDER = (
-    "world",
-    "model",
-    "setting",
-    "order",
-    "shots",
-    "iterations",
-    "precision",
-    "eval_limit",
-)
+# A table's heading names its group by every identity field but the stream itself (the
+# datasets are the table's columns).
+GROUP_ORDER = tuple(f for f in GROUP_FIELDS if f != "stream")
 
 
 def _number(unit: str, value: float) -> str:
