@@ -31,6 +31,17 @@ TAIL_LINES = 5
 FORWARDED_ENV = ("CLBENCH_", "HF_")  # passed from the sweep to Ray workers on other nodes
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGINT first, so the run marks itself interrupted; SIGKILL if it has not stopped."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def require_extra(module: str, extra: str) -> Any:
     """Import an optional dependency; a missing one is a one-line error naming the extra."""
     import importlib
@@ -110,13 +121,7 @@ class CellProcess:
         return code
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def run_cell(

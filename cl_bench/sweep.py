@@ -22,7 +22,7 @@ from typing import IO, Any, Protocol
 
 from cl_bench.config import RunConfig
 from cl_bench.errors import RunFailed, UserError
-from cl_bench.executors import RAY_FLAGS, SLURM_FLAGS
+from cl_bench.executors import RAY_FLAGS, SLURM_FLAGS, stop_process, tail
 from cl_bench.results import MANIFEST_FILE, SUMMARY_FILE, read_manifest
 
 
@@ -173,19 +173,11 @@ class LocalHandle:
         return self.process.poll()
 
     def cancel(self) -> None:
-        """SIGINT first, so the run marks itself interrupted; kill if it does not stop."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
-    def error_tail(self, lines: int = 5) -> str:
+    def error_tail(self) -> str:
         self.log.seek(0)
-        text = self.log.read().decode(errors="replace").strip().splitlines()
-        return " / ".join(line.strip() for line in text[-lines:] if line.strip())
+        return tail(self.log.read().decode(errors="replace"))
 
 
 def _default_sigint() -> None:
