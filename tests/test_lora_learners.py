@@ -84,8 +84,26 @@ def test_scaled_schedule_is_official_at_the_paper_budget_and_reaches_top_level()
     np.testing.assert_array_equal(compressed_staircase(250, 0.005), official_staircase(250, 0.005))
     stairs = compressed_staircase(24, 0.005)
     assert stairs[0] == 0.0 and stairs[-1] == pytest.approx(0.005)
-    # full-shot MTIL's 1000-iteration budget: 300 sparse steps, interval 6
+    # a 1000-iteration reference budget: 300 sparse steps, interval 6
     assert kappa_schedule(80, 0.7, 0.005, 50, "paper_total", 1000)[0].sum() == pytest.approx(0.75)
+
+
+def test_budget_scaling_takes_codyras_500_iterations_not_the_settings_budget() -> None:
+    """Full-shot MTIL's 1000 iterations are ZSCL's full-fine-tuning budget; drslora's Σκ and
+    gated_lora's score lr scale against CoDyRA's 500 (PROTOCOL.md §4, §5: Σκ ≈ 0.37 MTIL)."""
+    from test_lora_adapter import tiny_model
+
+    backbone = Backbone(tiny_model(), lambda t: t, 32, (0.5,) * 3, (0.5,) * 3, "tiny", "random")
+    ctx = make_ctx(backbone.width, task_agnostic=False, paper_iterations=1000)
+    drslora = DRSLoRA(backbone, DRSLoRA.Config(), ctx)
+    drslora.begin_task(make_task(80))
+    facts = ctx.derived["drslora.kappa"]
+    assert facts["kappa_total"] == pytest.approx(MTIL_TOTAL)
+    assert facts["kappa_total_paper"] == pytest.approx(MTIL_TOTAL)
+    other = Backbone(tiny_model(), lambda t: t, 32, (0.5,) * 3, (0.5,) * 3, "tiny", "random")
+    gated = GatedLoRA(other, GatedLoRA.Config(), ctx)
+    gated.begin_task(make_task(80))
+    assert ctx.derived["gated_lora.score_lr"] == pytest.approx(5e-4 * 500 / 80)
 
 
 def test_rank_scales_with_width() -> None:

@@ -23,10 +23,11 @@ Budget scaling (PROTOCOL.md §5), derived at run time and written to the manifes
   run's sparse steps (level floor(j · 50 / S_run) at sparse step j, or
   floor(j · 49 / (S_run − 1)) when S_run < 50, so it still ends at the top level) and scaled so that its
   total Σκ equals the paper budget's: the official staircase over S_paper =
-  paper_iterations − round(dense_fraction · paper_iterations) sparse steps. With the
-  CoDyRA budget (500 iterations) Σκ = 0.625 (X-TAIL, S = 250) and 0.375 (5-shot MTIL,
-  S = 150); full-shot MTIL's 1000-iteration budget gives 0.75. When the run's iterations
-  equal the paper's, the scaled schedule is the official one exactly.
+  I − round(dense_fraction · I) sparse steps, I = `reference_iterations` = CoDyRA's 500
+  iterations per task: Σκ = 0.625 (X-TAIL, S = 250) and 0.375 (MTIL, S = 150), the values
+  PROTOCOL.md §5 gives. Full-shot MTIL uses the same 0.375: CoDyRA has no full-shot budget
+  of its own (its runner trains 500 iterations; 1000 is ZSCL's full-fine-tuning budget).
+  When the run's iterations equal 500, the scaled schedule is the official one exactly.
 - κ schedule "official" (default on the real world): the staircase as is, every
   max(1, S_run // 50) steps.
 
@@ -51,7 +52,7 @@ import torch
 
 from cl_bench.errors import UserError
 from cl_bench.learner import StepInfo, Task, register_learner
-from cl_bench.learners.lora import LoRA
+from cl_bench.learners.lora import CODYRA_ITERATIONS, LoRA
 
 KappaSchedule = Literal["auto", "paper_total", "official"]
 
@@ -144,6 +145,7 @@ class DRSLoRA(LoRA):
         dense_fraction: float | None = (
             None  # None: 0.5 task-agnostic (X-TAIL), 0.7 otherwise (MTIL)
         )
+        reference_iterations: int = CODYRA_ITERATIONS  # the budget Σκ is taken from
 
     def __init__(self, backbone, cfg, ctx) -> None:
         super().__init__(backbone, cfg, ctx)
@@ -156,6 +158,8 @@ class DRSLoRA(LoRA):
             raise UserError(f"--set dense_fraction={cfg.dense_fraction}: must lie in [0, 1]")
         if cfg.kappa_levels < 1 or cfg.kappa_max < 0:
             raise UserError("--set kappa_levels must be >= 1 and kappa_max >= 0")
+        if cfg.reference_iterations < 1:
+            raise UserError("--set reference_iterations must be >= 1")
         self.schedule_kind = (
             cfg.kappa_schedule
             if cfg.kappa_schedule != "auto"
@@ -173,7 +177,7 @@ class DRSLoRA(LoRA):
             self.cfg.kappa_max,
             self.cfg.kappa_levels,
             self.schedule_kind,
-            self.ctx.paper_iterations,
+            self.cfg.reference_iterations,
         )
         self.ctx.note("drslora.kappa", facts)
 

@@ -22,9 +22,9 @@ gate would stay open and the method would be plain LoRA at a 50× smaller lr (an
 optimizer (lr 5e-4, betas 0.9/0.9999, no warm-up, cosine), which makes lora, drslora and
 gated_lora differ only in the adapter, and keep the paper's wd 0.1. With 500 steps at
 5e-4 a score can travel ~0.25 and gates can close. The score's budget-dependent travel is
-scaled like drslora's κ (PROTOCOL.md §5): the scores' lr is lr · paper_iterations /
-iterations (×1 at the paper budget, ×6.25 on the toy's 80 X-TAIL steps), derived at run time
-and noted in the manifest; `score_lr_budget_scaling=false` turns that off.
+scaled like drslora's κ (PROTOCOL.md §5): the scores' lr is lr · 500 / iterations, 500 being
+the drslora budget (`reference_iterations`; ×1 at that budget, ×6.25 on the toy's 80 steps),
+derived at run time and noted in the manifest; `score_lr_budget_scaling=false` turns that off.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from cl_bench.learner import Task, register_learner
-from cl_bench.learners.lora import LoRA
+from cl_bench.learners.lora import CODYRA_ITERATIONS, LoRA
 from cl_bench.models.lora import LoRAAdapter, find_sites
 
 
@@ -50,7 +50,8 @@ class GatedLoRA(LoRA):
         gate_init: float = 0.15  # TAPS reference code
         gate_threshold: float = 0.1  # τ, TAPS reference code
         gate_penalty: float = 1.0  # λ, Selective LoRA paper (CLIP)
-        score_lr_budget_scaling: bool = True  # score lr × paper_iterations / iterations
+        score_lr_budget_scaling: bool = True  # score lr × reference_iterations / iterations
+        reference_iterations: int = CODYRA_ITERATIONS  # the drslora budget (PROTOCOL.md §4)
 
     def make_adapter(self) -> LoRAAdapter:
         sites = find_sites(self.model, self.cfg.encoders, self.cfg.kinds)
@@ -68,7 +69,9 @@ class GatedLoRA(LoRA):
         score_ids = {id(s) for s in scores}
         factors = [p for p in self.adapter.parameters() if id(p) not in score_ids]
         scale = (
-            self.ctx.paper_iterations / task.iterations if self.cfg.score_lr_budget_scaling else 1.0
+            self.cfg.reference_iterations / task.iterations
+            if self.cfg.score_lr_budget_scaling
+            else 1.0
         )
         self.ctx.note("gated_lora.score_lr", self.cfg.lr * scale)
         return [{"params": factors}, {"params": scores, "lr": self.cfg.lr * scale}]

@@ -40,6 +40,10 @@ from cl_bench.models.redundancy import RedundancyForm, redundancy_loss
 from cl_bench.optim import adamw_warmup_cosine
 
 REFERENCE_WIDTH = 768  # ViT-B/16's width, at which the paper's ranks are given
+# CoDyRA's budget per task (PROTOCOL.md §4; runner_codyra.sh ITERATIONS=500), in every setting
+# it reports (X-TAIL, 5-shot MTIL). Budget-scaled schedules (drslora's κ total, gated_lora's
+# score lr) scale against it, not against the setting's full-fine-tuning budget.
+CODYRA_ITERATIONS = 500
 
 
 def scaled_rank(paper_rank: int, model_width: int, reference_width: int = REFERENCE_WIDTH) -> int:
