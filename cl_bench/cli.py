@@ -46,6 +46,15 @@ MaxTasksOption = Annotated[
 DataRootOption = Annotated[
     str | None, typer.Option(help="Real world: directory holding the datasets.")
 ]
+ModelOption = Annotated[
+    str | None, typer.Option(help="Real world: open_clip model name (default ViT-B-16).")
+]
+PretrainedOption = Annotated[
+    str | None, typer.Option(help="Real world: open_clip weights tag (default openai).")
+]
+SplitDirOption = Annotated[
+    str | None, typer.Option(help="Real world: directory of CoOp-style split JSON files.")
+]
 ReferenceImagesOption = Annotated[
     str | None, typer.Option(help="Real world: reference image folder for ZSCL.")
 ]
@@ -117,16 +126,10 @@ def run(
     config: Annotated[
         Path | None, typer.Option(help="TOML file with run options and a [set] table.")
     ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="Real world: open_clip model name (default ViT-B-16).")
-    ] = None,
-    pretrained: Annotated[
-        str | None, typer.Option(help="Real world: open_clip weights tag (default openai).")
-    ] = None,
+    model: ModelOption = None,
+    pretrained: PretrainedOption = None,
     data_root: DataRootOption = None,
-    split_dir: Annotated[
-        str | None, typer.Option(help="Real world: directory of CoOp-style split JSON files.")
-    ] = None,
+    split_dir: SplitDirOption = None,
     reference_images: ReferenceImagesOption = None,
     reference_captions: ReferenceCaptionsOption = None,
     eval_limit: EvalLimitOption = None,
@@ -333,7 +336,10 @@ def sweep(
     dry_run: Annotated[
         bool, typer.Option(help="Print what would run, resume or be skipped; run nothing.")
     ] = False,
+    model: ModelOption = None,
+    pretrained: PretrainedOption = None,
     data_root: DataRootOption = None,
+    split_dir: SplitDirOption = None,
     reference_images: ReferenceImagesOption = None,
     reference_captions: ReferenceCaptionsOption = None,
 ) -> None:
@@ -356,8 +362,8 @@ def sweep(
         setting=setting, world=world, order=order, shots=shots, iterations=iterations,
         batch_size=batch_size, overrides=_parse_sets(set_ or []), device=device,
         precision=precision, threads=threads, eval_limit=eval_limit, max_tasks=max_tasks,
-        data_root=data_root, reference_images=reference_images,
-        reference_captions=reference_captions,
+        model=model, pretrained=pretrained, data_root=data_root, split_dir=split_dir,
+        reference_images=reference_images, reference_captions=reference_captions,
     )  # fmt: skip
     base.validate()
     options = executor_options(

@@ -564,6 +564,35 @@ def test_cli_data_check(fake, monkeypatch):
 
 
 # --- end to end on the engine ----------------------------------------------------------------
+def test_sweep_forwards_model_weights_and_split_files_to_every_run(fake, tmp_path, monkeypatch):
+    """`clbench sweep --world real --model --pretrained --split-dir` reaches each worker's run."""
+    from cl_bench.cli import main
+    from cl_bench.results import read_manifest
+
+    monkeypatch.setenv("CLBENCH_TASKS_DIR", str(fake["tasks"]))
+    monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path / "cache"))
+    split_dir = tmp_path / "splits"
+    split_dir.mkdir()
+    entries = [[f"banded/banded_{k:04d}.jpg", 0, "banded"] for k in range(4)]
+    (split_dir / "dtd.json").write_text(
+        json.dumps({"image_root": "dtd/dtd/images", "train": entries, "val": [], "test": entries})
+    )
+    out = tmp_path / "runs"
+    main(["sweep", "--world", "real", "--setting", "mini_mtil", "--learners", "zeroshot",
+          "--seeds", "0", "--max-tasks", "1", "--model", str(fake["model"]), "--pretrained", "none",
+          "--data-root", str(fake["root"]), "--split-dir", str(split_dir), "--out", str(out)])  # fmt: skip
+    (run_dir,) = out.iterdir()
+    manifest = read_manifest(run_dir)
+    config = manifest["config"]
+    assert (config["model"], config["pretrained"], config["split_dir"]) == (
+        str(fake["model"]),
+        "none",
+        str(split_dir),
+    )
+    assert manifest["world"]["split_files"] == {"dtd": str(split_dir / "dtd.json")}
+    assert manifest["status"] == "finished"
+
+
 def test_mtil_stream_end_to_end(world, tmp_path):
     from cl_bench.config import RunConfig
     from cl_bench.engine import run
