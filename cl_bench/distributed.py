@@ -135,13 +135,22 @@ class Distributed:
             f"{images.ids_hash}-rank{self.rank}of{self.world_size}",
         )
 
-    def sum_counts(self, counts: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """(correct, total) pairs summed over ranks."""
+    def sum_counts(self, counts: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        """Rows of counts (e.g. correct, total, per-domain predictions) summed over ranks.
+
+        Rows may differ in length (every rank passes the same lengths in the same order).
+        """
         if not self.enabled:
             return counts
-        tensor = torch.tensor(counts, dtype=torch.int64)
+        width = max((len(row) for row in counts), default=0)
+        tensor = torch.zeros(len(counts), width, dtype=torch.int64)
+        for i, row in enumerate(counts):
+            tensor[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return [(int(c), int(t)) for c, t in tensor.tolist()]
+        return [
+            tuple(int(v) for v in summed[: len(row)])
+            for summed, row in zip(tensor.tolist(), counts, strict=True)
+        ]
 
     def mean_scalars(self, rows: list[dict[str, float]]) -> list[dict[str, float]]:
         """Logged scalars averaged over ranks (every rank logs the same keys in the same order)."""

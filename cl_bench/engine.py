@@ -35,9 +35,13 @@ from cl_bench.provenance import peak_rss_mb, versions
 from cl_bench.results import (
     ACCURACY_COLUMNS,
     ACCURACY_FILE,
+    DOMAIN_COLUMNS,
+    DOMAINS_FILE,
     MANIFEST_FILE,
+    RUN_COLUMNS,
     SUMMARY_FILE,
     TRAIN_LOG_FILE,
+    append_rows,
     lock_run_dir,
     read_manifest,
     read_parquet,
@@ -394,7 +398,8 @@ class Engine:
         tables = []
         if (self.run_dir / MANIFEST_FILE).exists():
             tables = read_manifest(self.run_dir).get("record_tables", [])
-        names = [ACCURACY_FILE, SUMMARY_FILE, TRAIN_LOG_FILE] + [f"{t}.parquet" for t in tables]
+        names = [ACCURACY_FILE, SUMMARY_FILE, TRAIN_LOG_FILE, DOMAINS_FILE]
+        names += [f"{t}.parquet" for t in tables]
         for name in names:
             (self.run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(self.run_dir / ckpt.CHECKPOINT_DIR, ignore_errors=True)
@@ -571,11 +576,26 @@ class Engine:
             cache=self.eval_cache,
             precision=self.cfg.precision,
         )
-        counts = self.dist.sum_counts([(r.correct, r.total) for r in results])
+        counts = self.dist.sum_counts([(r.correct, r.total, *r.predicted_domains) for r in results])
         results = [
-            EvalResult(r.dataset, r.split, c, n) for r, (c, n) in zip(results, counts, strict=True)
+            EvalResult(r.dataset, r.split, c, n, tuple(domains))
+            for r, (c, n, *domains) in zip(results, counts, strict=True)
         ]
+        if setting.task_agnostic and self.dist.is_main:
+            self._write_domains(results, after_task, after_name)
         return [self._row(r, after_task, after_name) for r in results]
+
+    def _write_domains(self, results: list[EvalResult], after_task: int, after_name: str) -> None:
+        """domains.parquet: per stream dataset, how many predictions fell in each domain's block."""
+        rows = []
+        for r in (r for r in results if r.predicted_domains):
+            for domain, count in zip(self.setting.datasets, r.predicted_domains, strict=True):
+                base = self._row(r, after_task, after_name)
+                rows.append(
+                    {k: base[k] for k in RUN_COLUMNS + ["after_task", "after_task_name"]}
+                    | {"eval_dataset": r.dataset, "predicted_domain": domain, "count": count}
+                )
+        append_rows(self.run_dir / DOMAINS_FILE, rows, "after_task", after_task, DOMAIN_COLUMNS)
 
     def _row(self, r: EvalResult, after_task: int, after_name: str) -> dict[str, Any]:
         s = self.setting
@@ -598,20 +618,11 @@ class Engine:
         }
 
     def _write_task_outputs(self, rows, ctx: RunContext, train_log, t: int) -> None:
-        prev = read_parquet(self.run_dir / ACCURACY_FILE)
-        prev = prev[prev["after_task"] <= t]
-        write_parquet(
-            pd.concat([prev, pd.DataFrame(rows, columns=ACCURACY_COLUMNS)], ignore_index=True),
-            self.run_dir / ACCURACY_FILE,
-        )
+        append_rows(self.run_dir / ACCURACY_FILE, rows, "after_task", t + 1, ACCURACY_COLUMNS)
         for table, table_rows in ctx.records.items():
             write_parquet(pd.DataFrame(table_rows), self.run_dir / f"{table}.parquet")
         if train_log:
-            path = self.run_dir / TRAIN_LOG_FILE
-            old = read_parquet(path) if path.exists() else pd.DataFrame()
-            if not old.empty:
-                old = old[old["task"] <= t]
-            write_parquet(pd.concat([old, pd.DataFrame(train_log)], ignore_index=True), path)
+            append_rows(self.run_dir / TRAIN_LOG_FILE, train_log, "task", t + 1)
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:

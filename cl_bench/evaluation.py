@@ -39,6 +39,10 @@ class EvalResult:
     split: str  # "stream" | "holdout"
     correct: int
     total: int
+    # Task-agnostic stream datasets only: how many of the test images were predicted into each
+    # stream domain's block of the union classifier (stream order). Where the errors go:
+    # another domain's classes, or the right domain's wrong class.
+    predicted_domains: tuple[int, ...] = ()
 
     @property
     def accuracy(self) -> float:
@@ -177,12 +181,33 @@ def top1_correct(
     features: torch.Tensor, labels: np.ndarray, classifier: torch.Tensor, label_offset: int
 ) -> int:
     """How many rows of `features` score highest on the classifier row of their label."""
-    target = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(features.device)
-    correct = torch.zeros((), dtype=torch.long, device=features.device)
+    return top1_counts(features, labels, classifier, label_offset)[0]
+
+
+@torch.inference_mode()
+def top1_counts(
+    features: torch.Tensor,
+    labels: np.ndarray,
+    classifier: torch.Tensor,
+    label_offset: int,
+    block_starts: np.ndarray | None = None,
+) -> tuple[int, tuple[int, ...]]:
+    """(top-1 correct, predictions per block): block k holds classifier rows
+    block_starts[k] .. block_starts[k + 1] - 1 (the union classifier's domains); no blocks
+    given, no per-block counts."""
+    device = features.device
+    target = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+    starts = None if block_starts is None else torch.as_tensor(block_starts, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    per_block = torch.zeros(0 if starts is None else len(starts), dtype=torch.long, device=device)
     for start in range(0, features.shape[0], SCORE_CHUNK):
         pred = (features[start : start + SCORE_CHUNK] @ classifier.T).argmax(dim=1)
         correct += pred.eq(target[start : start + SCORE_CHUNK] + label_offset).sum()
-    return int(correct)  # the one host sync per dataset
+        if starts is not None:
+            block = torch.bucketize(pred, starts, right=True) - 1
+            per_block += torch.bincount(block, minlength=len(starts))
+    # the one host sync per dataset
+    return int(correct), tuple(int(c) for c in per_block.tolist())
 
 
 @torch.inference_mode()
@@ -314,9 +339,12 @@ def evaluate_all(
             scored = [(n, union, int(o)) for n, o in zip(stream, offsets, strict=True)]
         else:
             scored = [(n, classifiers[n], 0) for n in stream]
+        blocks = offsets if task_agnostic else None
         for name, classifier, offset in scored:
-            c = top1_correct(feats[name], test_sets[name].labels, classifier, offset)
-            results.append(EvalResult(name, "stream", c, len(test_sets[name])))
+            c, domains = top1_counts(
+                feats[name], test_sets[name].labels, classifier, offset, blocks
+            )
+            results.append(EvalResult(name, "stream", c, len(test_sets[name]), domains))
         for name in holdout:
             c = top1_correct(feats[name], test_sets[name].labels, classifiers[name], 0)
             results.append(EvalResult(name, "holdout", c, len(test_sets[name])))

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cl_bench.errors import UserError
-from cl_bench.results import ACCURACY_FILE, read_manifest, read_parquet
+from cl_bench.results import ACCURACY_FILE, DOMAINS_FILE, read_manifest, read_parquet
 
 DPI = 120
 
@@ -92,6 +92,50 @@ def plot_accuracy_matrix(acc: pd.DataFrame, title: str, path: Path) -> Path:
     ax.set_ylabel("after task")
     ax.set_title(f"Accuracy matrix (%), red = task just learned\n{title}", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="top-1 accuracy (%)")
+    return _save(fig, path)
+
+
+def domain_shares(domains: pd.DataFrame, after_task: int) -> tuple[np.ndarray, list[str]]:
+    """[eval dataset x predicted domain] % of each dataset's test images, stream order."""
+    rows = domains[domains["after_task"] == after_task]
+    order = list(dict.fromkeys(rows["predicted_domain"]))
+    counts = rows.pivot_table(
+        index="eval_dataset", columns="predicted_domain", values="count", aggfunc="sum"
+    ).reindex(index=order, columns=order)
+    mat = counts.to_numpy(dtype=float)
+    return 100.0 * mat / mat.sum(axis=1, keepdims=True), order
+
+
+def plot_domain_confusion(domains: pd.DataFrame, title: str, path: Path) -> Path:
+    """Task-agnostic runs: where each domain's test images are classified, zero-shot vs last.
+
+    Off-diagonal mass is cross-domain confusion (an image given another domain's class);
+    the diagonal is the share kept in its own domain, an upper bound on its accuracy.
+    """
+    plt = _pyplot()
+    evaluations = sorted(domains["after_task"].unique())
+    shown = [evaluations[0], evaluations[-1]] if len(evaluations) > 1 else evaluations
+    n = len(domains["predicted_domain"].unique())
+    fig, axes = plt.subplots(
+        1, len(shown), figsize=(0.6 + 0.55 * n * len(shown), 1.4 + 0.5 * n), squeeze=False
+    )
+    for ax, after_task in zip(axes[0], shown, strict=True):
+        mat, names = domain_shares(domains, after_task)
+        im = ax.imshow(mat, cmap="viridis", vmin=0, vmax=100)
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{mat[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color=_text_color(im, mat[i, j]))  # fmt: skip
+        ax.set_xticks(range(n), names, rotation=45, ha="right")
+        ax.set_yticks(range(n), names)
+        ax.set_xlabel("predicted domain")
+        ax.set_ylabel("test images of")
+        label = "zero-shot" if after_task == 0 else f"after task {after_task}"
+        ax.set_title(f"{label}: cross-domain {100 - np.trace(mat) / n:.1f} %", fontsize=9)
+    fig.suptitle(
+        f"Where each domain's test images are classified (% of images)\n{title}", fontsize=10
+    )
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -300,6 +344,9 @@ def report_run(run_dir: Path, out: Path | None = None) -> list[Path]:
         ranks = read_parquet(ranks_path)
         paths.append(plot_site_grid(ranks, "surviving", float(ranks["rank"].max()), "magma", ("surviving", "{:.0f}"), "surviving ranks", f"Rank allocation: surviving ranks per layer and matrix after each task\n{title}", out / "ranks_allocation.png"))  # fmt: skip
         paths.append(plot_fraction_per_task(ranks, "surviving", "rank", "surviving ranks / rank", f"Surviving ranks per task\n{title}", out / "ranks_surviving.png"))  # fmt: skip
+    domains_path = run_dir / DOMAINS_FILE
+    if domains_path.exists():  # task-agnostic settings: cross-domain confusion
+        paths.append(plot_domain_confusion(read_parquet(domains_path), title, out / "domains.png"))
     gates_path = run_dir / "gates.parquet"
     if gates_path.exists():  # gated_lora: which LoRA blocks are active, with their scores
         paths += plot_on_off_sites(read_parquet(gates_path), "active", ("inactive", "active"), "#1a9850", ("score", "{:.2f}"), "block (numbers: gate score s)", f"Active LoRA blocks (green) and gate scores per layer and matrix after each task\n{title}", "active blocks / blocks", f"Active LoRA blocks per task\n{title}", out / "gates_active_blocks.png", out / "gates_active_fraction.png")  # fmt: skip

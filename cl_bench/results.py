@@ -24,6 +24,7 @@ ACCURACY_FILE = "accuracy.parquet"
 SUMMARY_FILE = "summary.parquet"
 MANIFEST_FILE = "manifest.json"
 TRAIN_LOG_FILE = "train_log.parquet"
+DOMAINS_FILE = "domains.parquet"  # task-agnostic settings: where predictions land, by domain
 LOCK_FILE = ".lock"
 
 # Identity columns every row carries, so a table can never mix unlike runs silently.
@@ -36,6 +37,13 @@ ACCURACY_COLUMNS = RUN_COLUMNS + [
     "correct",
     "total",
     "accuracy",
+]
+DOMAIN_COLUMNS = RUN_COLUMNS + [
+    "after_task",
+    "after_task_name",
+    "eval_dataset",
+    "predicted_domain",  # the stream dataset whose block of the union classifier won
+    "count",
 ]
 SUMMARY_COLUMNS = RUN_COLUMNS + [
     "dataset",
@@ -113,6 +121,20 @@ def lock_run_dir(run_dir: Path) -> Iterator[None]:
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
     atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def append_rows(
+    path: Path, rows: list[dict[str, Any]], key: str, keep_below: int, columns=None
+) -> None:
+    """Rewrite a per-task table: its rows with `key` < keep_below, then `rows`.
+
+    Rows of the task being written (or of later ones, after a resume) are replaced, never
+    duplicated.
+    """
+    new = pd.DataFrame(rows, columns=columns)
+    old = read_parquet(path) if path.exists() else pd.DataFrame()
+    kept = old[old[key] < keep_below] if key in old.columns else old.iloc[0:0]
+    write_parquet(pd.concat([kept, new], ignore_index=True) if not kept.empty else new, path)
 
 
 def write_json(obj: Any, path: Path) -> None:

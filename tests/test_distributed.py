@@ -61,8 +61,10 @@ def _rank_gradients(rank: int, world: int, port: int, out: str) -> None:
         idx = helper.shard_indices(np.arange(BATCH))
         _loss(model, images[idx], labels[idx], text).backward()
         gathered = gather_batch(labels[idx])[0]
+        # ragged rows: (correct, total, per-domain predictions) next to (correct, total)
+        counts = helper.sum_counts([(rank, 1, 2 * rank, 3), (1, rank)])
         torch.save(
-            {"grads": [p.grad for p in model.parameters()], "labels": gathered},
+            {"grads": [p.grad for p in model.parameters()], "labels": gathered, "counts": counts},
             f"{out}/rank{rank}.pt",
         )
         helper.detach()
@@ -78,6 +80,7 @@ def test_two_ranks_reproduce_the_whole_batch_gradient(tmp_path):
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert torch.equal(got["labels"], labels)  # gathered in global batch order
+        assert got["counts"] == [(1, 2, 2, 6), (2, 1)]
         for g, e in zip(got["grads"], expected, strict=True):
             torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
 
@@ -131,6 +134,17 @@ def _compare_one_and_two_processes(tmp_path: Path, args: list[str]) -> None:
     la = pd.read_parquet(tmp_path / "one" / "train_log.parquet")
     lb = pd.read_parquet(tmp_path / "two" / "train_log.parquet")
     np.testing.assert_allclose(la["loss"].values, lb["loss"].values, rtol=1e-4)
+    # where predictions land, by domain: the zero-shot row (same weights) is exactly equal,
+    # and every row counts each test image once
+    da = pd.read_parquet(tmp_path / "one" / "domains.parquet")
+    db = pd.read_parquet(tmp_path / "two" / "domains.parquet")
+    assert (
+        da.query("after_task == 0")["count"].tolist()
+        == db.query("after_task == 0")["count"].tolist()
+    )
+    per_row = db.groupby(["after_task", "eval_dataset"])["count"].sum()
+    totals = b.query("split == 'stream'").set_index(["after_task", "eval_dataset"])["total"]
+    assert per_row.sort_index().tolist() == totals.sort_index().tolist()
     names = sorted(p.name for p in (tmp_path / "one").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "two").iterdir())
 

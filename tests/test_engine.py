@@ -11,7 +11,7 @@ from cl_bench.config import RunConfig
 from cl_bench.engine import run
 from cl_bench.errors import UserError
 from cl_bench.metrics import stream_metrics
-from cl_bench.results import ACCURACY_COLUMNS, SUMMARY_COLUMNS, accuracy_matrices
+from cl_bench.results import ACCURACY_COLUMNS, DOMAIN_COLUMNS, SUMMARY_COLUMNS, accuracy_matrices
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,31 @@ def test_writes_three_files_with_the_schema(finetune_xtail):
     assert {"torch", "open_clip", "python"} <= manifest["versions"].keys()
     assert all("test" in v for v in manifest["splits"].values())
     assert manifest["splits"]["aircraft"]["train"]
+
+
+def test_domains_table_places_every_prediction_in_one_domain(finetune_xtail):
+    """X-TAIL: per evaluation and stream dataset, predictions per domain block of the union."""
+    d = finetune_xtail.run_dir
+    domains = pd.read_parquet(d / "domains.parquet")
+    acc = finetune_xtail.accuracy.query("split == 'stream'")
+    assert list(domains.columns) == DOMAIN_COLUMNS
+    assert sorted(domains["after_task"].unique()) == [0, 1, 2, 3]
+    stream = ["aircraft", "caltech101", "dtd"]
+    assert set(domains["predicted_domain"]) == set(stream) == set(domains["eval_dataset"])
+    assert len(domains) == 4 * 3 * 3  # evaluations x stream datasets x domains
+    keys = ["after_task", "eval_dataset"]
+    per_row = domains.groupby(keys)["count"].sum()
+    assert (per_row == acc.set_index(keys)["total"].reindex(per_row.index)).all()
+    own = domains[domains.eval_dataset == domains.predicted_domain].set_index(keys)["count"]
+    assert (own >= acc.set_index(keys)["correct"].reindex(own.index)).all()  # correct ⊂ own block
+
+
+def test_domains_table_only_for_task_agnostic_settings(tmp_path):
+    out = run(
+        RunConfig(setting="mtil", learner="zeroshot", max_tasks=2, out=str(tmp_path / "m")),
+        world=FakeWorld(),
+    )
+    assert not (out.run_dir / "domains.parquet").exists()
 
 
 def test_finetune_changes_predictions_and_summary_matches_metrics(finetune_xtail):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 from fakeworld import FakeWorld
@@ -203,3 +204,17 @@ def test_engine_vision_only_learner_encodes_prompts_once_per_run(tmp_path):
 def test_engine_finetune_reencodes_once_per_dataset_per_evaluation(tmp_path):
     per_eval, prompts, datasets = _engine_eval_counts(tmp_path, "finetune")
     assert [e[:2] for e in per_eval] == [(datasets, prompts)] * 3
+
+
+def test_top1_counts_by_domain_block_against_a_hand_computed_case():
+    """Union classifier of two domains (rows 0-1 and 2-4): where each prediction lands."""
+    from cl_bench.evaluation import top1_counts
+
+    classifier = torch.eye(5)
+    # predicted rows 0, 3, 4, 1, 2; labels of domain 1 (offset 2): targets 2, 3, 4, 4, 2
+    features = torch.eye(5)[[0, 3, 4, 1, 2]]
+    labels = np.array([0, 1, 2, 2, 0])
+    correct, per_domain = top1_counts(features, labels, classifier, 2, np.array([0, 2]))
+    assert correct == 3  # images 1, 2 and 4
+    assert per_domain == (2, 3)  # predictions 0 and 1 in domain 0; 3, 4 and 2 in domain 1
+    assert top1_counts(features, labels, classifier, 2) == (3, ())

@@ -102,8 +102,26 @@ def test_report_of_a_real_drslora_run(tmp_path: Path) -> None:
             "train_curves.png",
             "ranks_allocation.png",
             "ranks_surviving.png",
+            "domains.png",  # X-TAIL: cross-domain confusion from domains.parquet
         },
     )
+
+
+def test_domain_shares_against_a_hand_computed_table() -> None:
+    from cl_bench.report import domain_shares
+
+    rows = [  # (after_task, eval_dataset, predicted_domain, count)
+        (0, "a", "a", 6), (0, "a", "b", 2), (0, "b", "a", 1), (0, "b", "b", 3),
+        (1, "a", "a", 8), (1, "a", "b", 0), (1, "b", "a", 4), (1, "b", "b", 0),
+    ]  # fmt: skip
+    domains = pd.DataFrame(
+        rows, columns=["after_task", "eval_dataset", "predicted_domain", "count"]
+    )
+    mat, names = domain_shares(domains, 0)
+    assert names == ["a", "b"]
+    np.testing.assert_allclose(mat, [[75.0, 25.0], [25.0, 75.0]])
+    mat, _ = domain_shares(domains, 1)
+    np.testing.assert_allclose(mat, [[100.0, 0.0], [100.0, 0.0]])
 
 
 def test_report_of_an_unfinished_run_and_compare(tmp_path: Path) -> None:
