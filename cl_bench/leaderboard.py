@@ -21,6 +21,8 @@ from cl_bench.errors import UserError
 from cl_bench.metrics import mean_std
 from cl_bench.results import (
     ACCURACY_FILE,
+    DOMAINS_FILE,
+    cross_domain_shares,
     find_run_dirs,
     read_manifest,
     read_parquet,
@@ -100,6 +102,7 @@ class RunRecord:
     group: dict[str, Any]
     label: str
     seed: int
+    cross_domain: pd.DataFrame | None = None  # task-agnostic runs: results.cross_domain_shares
 
 
 # ------------------------------------------------------------------------------ loading
@@ -144,6 +147,7 @@ def load_run(run_dir: Path) -> RunRecord:
     except (UserError, KeyError, ValueError, IndexError) as exc:
         raise UserError(f"corrupt accuracy.parquet ({exc})") from None
     learner = str(acc["learner"].iloc[0])
+    domains_path = run_dir / DOMAINS_FILE
     return RunRecord(
         run_dir,
         manifest,
@@ -151,6 +155,7 @@ def load_run(run_dir: Path) -> RunRecord:
         _run_group(acc, manifest),
         _label(manifest, learner),
         int(acc["seed"].iloc[0]),
+        cross_domain_shares(read_parquet(domains_path)) if domains_path.exists() else None,
     )
 
 
@@ -343,6 +348,41 @@ def holdout_table(runs: list[RunRecord]) -> Table | None:
     )
 
 
+def cross_domain_table(runs: list[RunRecord], per_dataset: bool) -> Table | None:
+    """Task-agnostic runs: how much of each domain's test set goes to another domain's classes.
+
+    Shown only when every run has domains.parquet (runs made before it existed have none).
+    """
+    if not runs or any(r.cross_domain is None for r in runs):
+        return None
+    title = "Cross-domain predictions (%): test images classified into another domain's classes"
+    if per_dataset:
+        names = stream_names(runs)
+        return _table(
+            "cross_domain",
+            f"{title}, after the last task",
+            [Column(n, better="low") for n in names + ["mean"]],
+            runs,
+            lambda r, i: (
+                float(r.cross_domain.iloc[-1][names].mean())
+                if i == len(names)
+                else float(r.cross_domain.iloc[-1][names[i]])
+            ),
+        )
+    spec = [
+        ("zero-shot", lambda d: d.iloc[0]),
+        ("mean over tasks", lambda d: d.iloc[1:].to_numpy().mean()),
+        ("after the last task", lambda d: d.iloc[-1]),
+    ]
+    return _table(
+        "cross_domain",
+        f"{title}, mean over the stream's datasets",
+        [Column(name, better=None if name == "zero-shot" else "low") for name, _ in spec],
+        runs,
+        lambda r, i: float(np.mean(spec[i][1](r.cross_domain))),
+    )
+
+
 def run_costs(manifest: dict[str, Any]) -> dict[str, float]:
     """What one run measured: parameters, time and memory (manifest values only)."""
     tasks = manifest.get("tasks", [])
@@ -393,6 +433,9 @@ def build_board(
     holdout = holdout_table(runs)
     if holdout is not None:
         tables.append(holdout)
+    cross = cross_domain_table(runs, per_dataset)
+    if cross is not None:
+        tables.append(cross)
     tables.append(cost_table(runs))
     return Board(runs[0].group, len(runs), tables), skipped
 

@@ -194,6 +194,16 @@ def accuracy_matrices(acc: pd.DataFrame) -> tuple[np.ndarray, list[str], np.ndar
     return pivot(stream, stream_names), stream_names, pivot(holdout, holdout_names), holdout_names
 
 
+def cross_domain_shares(domains: pd.DataFrame) -> pd.DataFrame:
+    """One run's domains.parquet -> % of each stream dataset's test images classified into
+    another domain's classes; rows after_task 0..T, columns the stream in task order."""
+    order = list(dict.fromkeys(domains["predicted_domain"]))  # written in stream order
+    own = domains["count"].where(domains["eval_dataset"] == domains["predicted_domain"], 0)
+    sums = domains.assign(own=own).groupby(["after_task", "eval_dataset"])[["own", "count"]].sum()
+    shares = 100.0 * (1.0 - sums["own"] / sums["count"])
+    return shares.unstack("eval_dataset").reindex(columns=order).sort_index()
+
+
 def summarize(acc: pd.DataFrame) -> pd.DataFrame:
     """Summary rows of one run: per stream dataset, per hold-out dataset, and the means."""
     ident = {c: acc[c].iloc[0] for c in RUN_COLUMNS}

@@ -273,3 +273,42 @@ def test_unknown_metric_format_and_empty_dirs_are_user_errors(runs: Path, tmp_pa
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no finished runs"):
         render_leaderboard([tmp_path / "empty"])
+
+
+def write_domains(run_dir: Path, own: np.ndarray) -> None:
+    """domains.parquet with `own[t, j]` of 100 images kept in their own domain, the rest
+    split evenly over the two other domains."""
+    rows = []
+    for t in range(own.shape[0]):
+        for j, name in enumerate(STREAM):
+            for k, predicted in enumerate(STREAM):
+                other = (100 - own[t, j]) / 2
+                count = own[t, j] if k == j else other
+                rows.append(
+                    {"after_task": t, "eval_dataset": name, "predicted_domain": predicted,
+                     "count": int(count)}
+                )  # fmt: skip
+    write_parquet(pd.DataFrame(rows), run_dir / "domains.parquet")
+
+
+def test_cross_domain_table_from_domains_files(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    own = np.array([[90, 80, 70], [90, 60, 70], [80, 60, 50], [70, 60, 50]])
+    for seed in (0, 1):
+        run_dir = make_run(root, "alpha", seed, BASE, BASE_HOLDOUT)
+        write_domains(run_dir, own - 10 * seed)  # seed 1: 10 points more cross-domain
+    text, _ = render_leaderboard([root], fmt="csv")
+    rows = table_rows(text)
+    # cross-domain % = 100 - own; seed 0 rows: [10 20 30], [10 40 30], [20 40 50], [30 40 50]
+    zero = rows[("cross_domain", "alpha", "zero-shot")]
+    assert float(zero["mean"]) == pytest.approx((20 + 30) / 2)  # seeds: 20, 30
+    last = rows[("cross_domain", "alpha", "after the last task")]
+    assert float(last["mean"]) == pytest.approx((40 + 50) / 2)
+    assert float(last["std"]) == pytest.approx(np.std([40, 50], ddof=1), abs=1e-4)
+    over_tasks = rows[("cross_domain", "alpha", "mean over tasks")]
+    assert float(over_tasks["mean"]) == pytest.approx((310 / 9 + 400 / 9) / 2, abs=1e-4)
+    per = table_rows(render_leaderboard([root], fmt="csv", per_dataset=True)[0])
+    assert float(per[("cross_domain", "alpha", "caltech101")]["mean"]) == pytest.approx(45.0)
+    # a run without domains.parquet (made before it existed): no table, nothing invented
+    make_run(root, "beta", 0, BASE, BASE_HOLDOUT)
+    assert "cross_domain" not in render_leaderboard([root], fmt="csv")[0]
