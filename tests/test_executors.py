@@ -58,7 +58,7 @@ def assert_same_results(expected: Path, actual: Path) -> None:
     tables_a = [t for t in board_a.tables if t.key != "cost"]  # costs are wall times
     tables_b = [t for t in board_b.tables if t.key != "cost"]
     assert board_a.group == board_b.group and board_a.runs == board_b.runs == len(names)
-    assert [t.key for t in tables_a] == ["summary", "holdout"]
+    assert [t.key for t in tables_a] == ["summary", "holdout", "cross_domain"]
     assert repr(tables_a) == repr(tables_b)  # repr: a nan std (one seed) equals nan
 
 
