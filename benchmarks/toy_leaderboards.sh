@@ -9,7 +9,7 @@ if [ "${1:-}" = "--runs" ]; then
   clbench sweep --setting xtail --learners "$LEARNERS_XTAIL" --seeds 0,1,2 --jobs 2 --threads 1 --out results/toy/xtail/runs
   clbench sweep --setting mtil --learners "$LEARNERS_MTIL" --seeds 0,1,2 --jobs 2 --threads 1 --out results/toy/mtil/runs
   # issue 15 diagnostics (not defaults): drslora with one factor changed, docs/learners.md
-  for variant in "kappa0 kappa_max=0" "official kappa_schedule=official" "lr3e-3 lr=3.125e-3"; do
+  for variant in "kappa0 kappa_max=0" "official kappa_schedule=official" "lr3e-3 lr=3.125e-3" "reference1000 reference_iterations=1000"; do
     set -- $variant
     clbench sweep --setting mtil --learners drslora --seeds 0,1,2 --set "$2" --jobs 2 --threads 1 --out "results/toy/mtil/diagnostics/drslora-$1"
   done
