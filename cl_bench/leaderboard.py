@@ -147,7 +147,6 @@ def load_run(run_dir: Path) -> RunRecord:
     except (UserError, KeyError, ValueError, IndexError) as exc:
         raise UserError(f"corrupt accuracy.parquet ({exc})") from None
     learner = str(acc["learner"].iloc[0])
-    domains_path = run_dir / DOMAINS_FILE
     return RunRecord(
         run_dir,
         manifest,
@@ -155,8 +154,18 @@ def load_run(run_dir: Path) -> RunRecord:
         _run_group(acc, manifest),
         _label(manifest, learner),
         int(acc["seed"].iloc[0]),
-        cross_domain_shares(read_parquet(domains_path)) if domains_path.exists() else None,
+        _cross_domain(run_dir, int(acc["after_task"].max())),
     )
+
+
+def _cross_domain(run_dir: Path, last_task: int) -> pd.DataFrame | None:
+    """The run's cross-domain shares, or None without a complete domains.parquet (a run made
+    before the file existed, or one resumed across that change, lacks early evaluations)."""
+    path = run_dir / DOMAINS_FILE
+    if not path.exists():
+        return None
+    shares = cross_domain_shares(read_parquet(path))
+    return shares if list(shares.index) == list(range(last_task + 1)) else None
 
 
 def _describe(group: dict[str, Any], fields: Iterable[str]) -> str:
