@@ -149,7 +149,7 @@ def _child(out: Path, spec: str = "", resume: bool = False) -> subprocess.Comple
 def _tables(run_dir: Path) -> dict[str, pd.DataFrame]:
     return {
         name: pd.read_parquet(run_dir / f"{name}.parquet")
-        for name in ("accuracy", "summary", "train_log")
+        for name in ("accuracy", "summary", "train_log", "domains")
     }
 
 
