@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cl_bench.results import ACCURACY_FILE, DOMAINS_FILE, load_runs
+from cl_bench.results import ACCURACY_FILE, DOMAINS_FILE, cross_domain_shares, load_runs
 
 
 def _stream_order(domains: pd.DataFrame) -> list[str]:
@@ -30,59 +30,58 @@ def _stream_order(domains: pd.DataFrame) -> list[str]:
 
 def transfer_decomposition(domains: pd.DataFrame, acc: pd.DataFrame) -> dict[str, float]:
     """% of unseen datasets' test images by destination, mean over the Transfer cells."""
-    order = _stream_order(domains)
-    position = {name: i + 1 for i, name in enumerate(order)}  # task that learns it
+    position = {name: i + 1 for i, name in enumerate(_stream_order(domains))}  # learning task
     d = domains.assign(
         task_of_eval=domains["eval_dataset"].map(position),
         task_of_pred=domains["predicted_domain"].map(position),
     )
     unseen = d[(d["after_task"] >= 1) & (d["task_of_eval"] > d["after_task"])]
-    totals = unseen.groupby(["after_task", "eval_dataset"])["count"].sum()
+    cells = ["after_task", "eval_dataset"]
+    totals = unseen.groupby(cells)["count"].sum()
 
     def share(mask: pd.Series) -> float:
-        part = unseen[mask].groupby(["after_task", "eval_dataset"])["count"].sum()
+        part = unseen[mask].groupby(cells)["count"].sum()
         return float((100.0 * part.reindex(totals.index, fill_value=0) / totals).mean())
 
     own = unseen["predicted_domain"] == unseen["eval_dataset"]
     learned = unseen["task_of_pred"] <= unseen["after_task"]
-    a = acc[acc["split"] == "stream"].set_index(["after_task", "eval_dataset"])["accuracy"]
+    stream = acc[acc["split"] == "stream"].set_index(cells)["accuracy"]
+    accuracy = float(stream.reindex(totals.index).mean())
     return {
         "to learned domains": share(learned),
         "to other unseen domains": share(~learned & ~own),
-        "own domain, wrong class": share(own) - float(a.reindex(totals.index).mean()),
-        "accuracy": float(a.reindex(totals.index).mean()),
+        "own domain, wrong class": share(own) - accuracy,
+        "accuracy": accuracy,
     }
 
 
 def zero_shot_on_same_cells(domains: pd.DataFrame, acc: pd.DataFrame) -> dict[str, float]:
     """The zero-shot model's row 0, scored on the same (t, j > t) cells and destinations."""
-    order = _stream_order(domains)
     row0 = domains[domains["after_task"] == 0]
     acc0 = acc[(acc["after_task"] == 0) & (acc["split"] == "stream")]
-    copies = []
-    for t in range(1, len(order)):
-        copies.append(
-            (row0.assign(after_task=t), acc0.assign(after_task=t)),
-        )
-    dom = pd.concat([c[0] for c in copies], ignore_index=True)
-    ac = pd.concat([c[1] for c in copies], ignore_index=True)
-    return transfer_decomposition(dom, ac)
+    tasks = range(1, len(_stream_order(domains)))
+    return transfer_decomposition(
+        pd.concat([row0.assign(after_task=t) for t in tasks], ignore_index=True),
+        pd.concat([acc0.assign(after_task=t) for t in tasks], ignore_index=True),
+    )
 
 
 def per_domain_last(domains: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
-    order = _stream_order(domains)
-    last = int(domains["after_task"].max())
-    stream = acc[acc["split"] == "stream"].set_index(["after_task", "eval_dataset"])["accuracy"]
-    rows = []
-    for name in order:
-        out = {}
-        for t, tag in ((0, "zero-shot"), (last, "last")):
-            cell = domains[(domains["after_task"] == t) & (domains["eval_dataset"] == name)]
-            own = cell.loc[cell["predicted_domain"] == name, "count"].sum()
-            out[f"acc {tag}"] = stream[(t, name)]
-            out[f"cross-domain {tag}"] = 100.0 * (1 - own / cell["count"].sum())
-        rows.append({"domain": name, **out})
-    return pd.DataFrame(rows).set_index("domain")
+    """Accuracy and cross-domain share (results.cross_domain_shares) per domain, zero-shot
+    and after the last task."""
+    shares = cross_domain_shares(domains)
+    stream = acc[acc["split"] == "stream"].pivot_table(
+        index="after_task", columns="eval_dataset", values="accuracy", aggfunc="first"
+    )
+    first, last = shares.index[0], shares.index[-1]
+    return pd.DataFrame(
+        {
+            "acc zero-shot": stream.loc[first, shares.columns],
+            "cross-domain zero-shot": shares.loc[first],
+            "acc last": stream.loc[last, shares.columns],
+            "cross-domain last": shares.loc[last],
+        }
+    ).rename_axis("domain")
 
 
 def main() -> None:

@@ -589,11 +589,11 @@ class Engine:
         """domains.parquet: per stream dataset, how many predictions fell in each domain's block."""
         rows = []
         for r in (r for r in results if r.predicted_domains):
+            row = self._row(r, after_task, after_name)
+            ident = {k: row[k] for k in RUN_COLUMNS + ["after_task", "after_task_name"]}
             for domain, count in zip(self.setting.datasets, r.predicted_domains, strict=True):
-                base = self._row(r, after_task, after_name)
                 rows.append(
-                    {k: base[k] for k in RUN_COLUMNS + ["after_task", "after_task_name"]}
-                    | {"eval_dataset": r.dataset, "predicted_domain": domain, "count": count}
+                    ident | {"eval_dataset": r.dataset, "predicted_domain": domain, "count": count}
                 )
         append_rows(self.run_dir / DOMAINS_FILE, rows, "after_task", after_task, DOMAIN_COLUMNS)
 
