@@ -33,12 +33,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from cl_bench_baselines._common import clip_distillation, frozen_copy
+from cl_bench_baselines.finetune import Finetune
 
-from baselines._common import clip_distillation, frozen_copy
-from baselines.finetune import Finetune
-from cl_bench.distributed import gather_batch
-from cl_bench.learner import Batch, StepInfo, Task, register_learner
-from cl_bench.losses import clip_features, contrastive_loss
+from cl_bench.api.collectives import gather_batch
+from cl_bench.api.learner import Batch, StepInfo, Task, register_learner
+from cl_bench.api.losses import clip_features, contrastive_loss
 
 
 @register_learner("lwf")

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from baselines._common import frozen_copy, interpolate_
-from baselines.finetune import Finetune
+from cl_bench_baselines._common import frozen_copy, interpolate_
+from cl_bench_baselines.finetune import Finetune
+
+from cl_bench.api.learner import Task, register_learner
 from cl_bench.errors import UserError
-from cl_bench.learner import Task, register_learner
 
 
 @register_learner("wiseft")

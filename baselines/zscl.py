@@ -51,19 +51,19 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from baselines._common import (
+from cl_bench_baselines._common import (
     clip_distillation,
     copy_weights_,
     frozen_copy,
     running_average_,
     squared_distance,
 )
-from baselines.finetune import Finetune
+from cl_bench_baselines.finetune import Finetune
+from torch import nn
+
+from cl_bench.api.learner import Batch, StepInfo, Task, register_learner
+from cl_bench.api.losses import clip_logits, contrastive_loss
 from cl_bench.errors import UserError
-from cl_bench.learner import Batch, StepInfo, Task, register_learner
-from cl_bench.losses import clip_logits, contrastive_loss
 
 TEXT_CHUNK = 256  # captions encoded per forward when caching the teacher's embeddings
 

@@ -20,10 +20,10 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from cl_bench.config import RunConfig
-from cl_bench.engine import Engine, seed_everything
-from cl_bench.evaluation import text_classifier
-from cl_bench.learner import Task
+from cl_bench.api.learner import Task
+from cl_bench.engine.config import RunConfig
+from cl_bench.engine.evaluator import text_classifier
+from cl_bench.engine.loop import Engine, seed_everything
 
 GROUPS = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution"),

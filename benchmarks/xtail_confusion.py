@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cl_bench.results import ACCURACY_FILE, DOMAINS_FILE, cross_domain_shares, load_runs
+from cl_bench.analysis.results import ACCURACY_FILE, DOMAINS_FILE, cross_domain_shares, load_runs
 
 
 def _stream_order(domains: pd.DataFrame) -> list[str]:

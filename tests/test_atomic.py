@@ -1,7 +1,7 @@
 """No results file is ever partially written: kill a writer at random moments, read it back.
 
 A child process (this file run as a script) rewrites one large parquet file (or manifest
-JSON) in a loop with `cl_bench.results.write_parquet` / `write_json`, each version tagged
+JSON) in a loop with `cl_bench.analysis.results.write_parquet` / `write_json`, each version tagged
 with its number. The parent SIGKILLs it at random moments; the file must then always read
 back as exactly one complete version.
 """
@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cl_bench.analysis.results import atomic_write, read_manifest, read_parquet, remove_temp_files
 from cl_bench.errors import UserError
-from cl_bench.results import atomic_write, read_manifest, read_parquet, remove_temp_files
 
 ROWS = 200_000  # ~3 MB of parquet: a write takes long enough to be hit mid-way
 
@@ -38,7 +38,7 @@ def version_frame(version: int) -> pd.DataFrame:
 
 
 def writer_main(path: Path, kind: str) -> None:
-    from cl_bench.results import write_json, write_parquet
+    from cl_bench.analysis.results import write_json, write_parquet
 
     version = _check_complete(path, kind) if path.exists() else 0  # go on from the last one
     while True:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from cl_bench import cli
-from cl_bench.config import RunConfig
+from cl_bench.engine.config import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "reliability.md"

@@ -8,20 +8,27 @@ from importlib.metadata import entry_points
 import pytest
 import torch
 import torch.nn.functional as F
-
-from baselines._common import (
+from cl_bench_baselines._common import (
     clip_distillation,
     running_average_,
     soft_cross_entropy,
     squared_distance,
 )
-from baselines.lwf import LwF
-from baselines.wiseft import WiSEFT
-from baselines.zscl import ZSCL, is_merge_step
-from cl_bench.context import RunContext
+from cl_bench_baselines.lwf import LwF
+from cl_bench_baselines.wiseft import WiSEFT
+from cl_bench_baselines.zscl import ZSCL, is_merge_step
+
+from cl_bench.api.context import RunContext
+from cl_bench.api.learner import (
+    Batch,
+    StepInfo,
+    Task,
+    available_learners,
+    build_config,
+    get_learner,
+)
+from cl_bench.api.losses import clip_features
 from cl_bench.errors import UserError
-from cl_bench.learner import Batch, StepInfo, Task, available_learners, build_config, get_learner
-from cl_bench.losses import clip_features
 from cl_bench.models.tiny import random_tiny_clip
 
 BASELINES = {"lwf": LwF, "zscl": ZSCL, "wiseft": WiSEFT}
@@ -301,8 +308,8 @@ def test_each_baseline_trains_two_tasks_on_a_tiny_model(name):
 def test_each_baseline_runs_through_the_engine(name, tmp_path):
     from fakeworld import FakeWorld
 
-    from cl_bench.config import RunConfig
-    from cl_bench.engine import run
+    from cl_bench.engine.config import RunConfig
+    from cl_bench.engine.loop import run
 
     overrides = {"lr": "1e-3"}
     if name == "zscl":

@@ -13,8 +13,8 @@ import pytest
 from fakeworld import FakeWorld
 from typer.testing import CliRunner
 
-from cl_bench.bench import format_result, run_bench
 from cl_bench.cli import app
+from cl_bench.engine.bench import format_result, run_bench
 from cl_bench.errors import UserError
 
 JSON_KEYS = {"train_ratio", "eval_ratio", "train_steps_per_s", "eval_images_per_s", "peak_rss_mb"}
@@ -60,7 +60,7 @@ def test_bench_rejects_bad_counts():
 
 
 def test_cli_json_has_the_documented_keys(monkeypatch):
-    monkeypatch.setattr("cl_bench.engine.get_world", lambda cfg: FakeWorld())
+    monkeypatch.setattr("cl_bench.engine.loop.get_world", lambda cfg: FakeWorld())
     result = CliRunner().invoke(
         app,
         [

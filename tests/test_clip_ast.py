@@ -10,11 +10,11 @@ import pytest
 import torch
 from fakeworld import FakeWorld
 
-from cl_bench.config import RunConfig
-from cl_bench.context import RunContext
-from cl_bench.engine import Engine
+from cl_bench.api.context import RunContext
+from cl_bench.api.learner import Batch, StepInfo, Task, build_config, get_learner
+from cl_bench.engine.config import RunConfig
+from cl_bench.engine.loop import Engine
 from cl_bench.errors import UserError
-from cl_bench.learner import Batch, StepInfo, Task, build_config, get_learner
 from cl_bench.learners.clip_ast import CLIPAST, adam_importance, block_candidates
 from cl_bench.models.tiny import random_tiny_clip
 

@@ -15,10 +15,10 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from cl_bench.api.losses import contrastive_loss
 from cl_bench.data.world import ImageSet
-from cl_bench.distributed import Distributed, gather_batch
+from cl_bench.engine.distributed import Distributed, gather_batch
 from cl_bench.errors import UserError
-from cl_bench.losses import contrastive_loss
 
 TESTS = Path(__file__).resolve().parent
 BATCH, FEATURES, CLASSES = 8, 5, 3

@@ -7,11 +7,16 @@ import pandas as pd
 import pytest
 from fakeworld import FakeWorld
 
-from cl_bench.config import RunConfig
-from cl_bench.engine import run
+from cl_bench.analysis.metrics import stream_metrics
+from cl_bench.analysis.results import (
+    ACCURACY_COLUMNS,
+    DOMAIN_COLUMNS,
+    SUMMARY_COLUMNS,
+    accuracy_matrices,
+)
+from cl_bench.engine.config import RunConfig
+from cl_bench.engine.loop import run
 from cl_bench.errors import UserError
-from cl_bench.metrics import stream_metrics
-from cl_bench.results import ACCURACY_COLUMNS, DOMAIN_COLUMNS, SUMMARY_COLUMNS, accuracy_matrices
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ import pytest
 import torch
 from fakeworld import FakeWorld
 
-from cl_bench.config import RunConfig
-from cl_bench.engine import Engine
+from cl_bench.api.learner import Batch, Learner, StepInfo, register_learner
+from cl_bench.api.losses import clip_logits, contrastive_loss
+from cl_bench.engine.config import RunConfig
+from cl_bench.engine.evaluator import TEXT_CHUNK, EvalCache, evaluate_all
+from cl_bench.engine.loop import Engine
 from cl_bench.errors import UserError
-from cl_bench.evaluation import TEXT_CHUNK, EvalCache, evaluate_all
-from cl_bench.learner import Batch, Learner, StepInfo, register_learner
-from cl_bench.losses import clip_logits, contrastive_loss
 
 STREAM = ("aircraft", "caltech101", "dtd")
 HOLDOUT = ("cifar100", "imagenet")
@@ -138,7 +138,7 @@ def test_precision_is_part_of_the_key_and_fp16_needs_cuda(setup):
 
 def test_text_chunking_splits_large_label_spaces(setup, monkeypatch):
     backbone, infos, tests, prompts, images = setup
-    monkeypatch.setattr("cl_bench.evaluation.TEXT_CHUNK", 4)
+    monkeypatch.setattr("cl_bench.engine.evaluator.TEXT_CHUNK", 4)
     counter = Counter(backbone.model)
     _eval(backbone, infos, tests, None)
     calls, rows, _ = counter.reset()
@@ -208,7 +208,7 @@ def test_engine_finetune_reencodes_once_per_dataset_per_evaluation(tmp_path):
 
 def test_top1_counts_by_domain_block_against_a_hand_computed_case():
     """Union classifier of two domains (rows 0-1 and 2-4): where each prediction lands."""
-    from cl_bench.evaluation import top1_counts
+    from cl_bench.engine.evaluator import top1_counts
 
     classifier = torch.eye(5)
     # predicted rows 0, 3, 4, 1, 2; labels of domain 1 (offset 2): targets 2, 3, 4, 4, 2

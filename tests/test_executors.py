@@ -17,11 +17,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cl_bench.config import RunConfig
+from cl_bench.analysis.leaderboard import build_board
+from cl_bench.engine.config import RunConfig
 from cl_bench.errors import UserError
-from cl_bench.executors import check_gpu_request, start_config
-from cl_bench.leaderboard import build_board
-from cl_bench.sweep import (
+from cl_bench.sweep.executors import check_gpu_request, start_config
+from cl_bench.sweep.plan import (
     EXECUTORS,
     LocalExecutor,
     check_states,
@@ -250,7 +250,7 @@ def ray_cluster():
 def test_ray_sweep_matches_local_and_is_idempotent(
     tmp_path: Path, reference: Path, ray_cluster
 ) -> None:
-    from cl_bench.executors import RayExecutor
+    from cl_bench.sweep.executors import RayExecutor
 
     executor = RayExecutor(cpus_per_run=1)
     assert set(sweep(executor, tmp_path).values()) == {"finished"}
@@ -261,7 +261,7 @@ def test_ray_sweep_matches_local_and_is_idempotent(
 def test_ray_cancel_stops_the_remote_run_and_the_next_sweep_resumes_it(
     tmp_path: Path, reference: Path, ray_cluster
 ) -> None:
-    from cl_bench.executors import RayExecutor
+    from cl_bench.sweep.executors import RayExecutor
 
     executor = RayExecutor(cpus_per_run=1)
     (job,) = plan_jobs(BASE, ["finetune"], SEEDS, tmp_path)

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cl_bench.analysis.leaderboard import render_leaderboard
+from cl_bench.analysis.results import ACCURACY_COLUMNS, write_json, write_parquet
 from cl_bench.errors import UserError
-from cl_bench.leaderboard import render_leaderboard
-from cl_bench.results import ACCURACY_COLUMNS, write_json, write_parquet
 
 STREAM = ["aircraft", "caltech101", "dtd"]
 HOLDOUT = ["cifar100", "places365"]

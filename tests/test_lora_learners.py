@@ -10,11 +10,11 @@ import torch
 from fakeworld import FakeWorld
 from torch.nn.utils import parametrize
 
-from cl_bench.config import RunConfig
-from cl_bench.context import RunContext
-from cl_bench.engine import Engine
+from cl_bench.api.context import RunContext
+from cl_bench.api.learner import Task, build_config, get_learner
+from cl_bench.engine.config import RunConfig
+from cl_bench.engine.loop import Engine
 from cl_bench.errors import UserError
-from cl_bench.learner import Task, build_config, get_learner
 from cl_bench.learners.drslora import (
     DRSLoRA,
     compressed_staircase,

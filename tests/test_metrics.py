@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
+from cl_bench.analysis.metrics import holdout_transfer, mean_std, stream_metrics
 from cl_bench.errors import UserError
-from cl_bench.metrics import holdout_transfer, mean_std, stream_metrics
 
 # rows: after task 0 (zero-shot), 1, 2, 3; columns: datasets 1..3 in task order
 ACC = np.array(

@@ -566,8 +566,8 @@ def test_cli_data_check(fake, monkeypatch):
 # --- end to end on the engine ----------------------------------------------------------------
 def test_sweep_forwards_model_weights_and_split_files_to_every_run(fake, tmp_path, monkeypatch):
     """`clbench sweep --world real --model --pretrained --split-dir` reaches each worker's run."""
+    from cl_bench.analysis.results import read_manifest
     from cl_bench.cli import main
-    from cl_bench.results import read_manifest
 
     monkeypatch.setenv("CLBENCH_TASKS_DIR", str(fake["tasks"]))
     monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path / "cache"))
@@ -594,8 +594,8 @@ def test_sweep_forwards_model_weights_and_split_files_to_every_run(fake, tmp_pat
 
 
 def test_mtil_stream_end_to_end(world, tmp_path):
-    from cl_bench.config import RunConfig
-    from cl_bench.engine import run
+    from cl_bench.engine.config import RunConfig
+    from cl_bench.engine.loop import run
 
     out = run(
         RunConfig(
@@ -621,9 +621,9 @@ def test_mtil_stream_end_to_end(world, tmp_path):
 
 
 def test_xtail_stream_evaluates_in_the_union_of_exactly_the_stream(world, tmp_path):
-    from cl_bench.config import RunConfig
-    from cl_bench.engine import run, seed_everything
-    from cl_bench.evaluation import text_classifier
+    from cl_bench.engine.config import RunConfig
+    from cl_bench.engine.evaluator import text_classifier
+    from cl_bench.engine.loop import run, seed_everything
 
     out = run(
         RunConfig(

@@ -6,14 +6,14 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from cl_bench.errors import UserError
-from cl_bench.learner import (
+from cl_bench.api.learner import (
     Learner,
     available_learners,
     build_config,
     get_learner,
     register_learner,
 )
+from cl_bench.errors import UserError
 
 
 def test_builtins_and_entry_points_are_listed():
@@ -48,7 +48,7 @@ def test_unknown_name_suggests_close_matches():
 
 
 def test_module_and_file_targets(tmp_path):
-    assert get_learner("baselines.finetune:Finetune").name == "finetune"
+    assert get_learner("cl_bench_baselines.finetune:Finetune").name == "finetune"
     src = tmp_path / "my_learner.py"
     src.write_text(
         textwrap.dedent("""

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from test_leaderboard import BASE, BASE_HOLDOUT, STREAM, make_run
 
+from cl_bench.analysis.report import compare_runs, report_run
+from cl_bench.analysis.results import write_parquet
 from cl_bench.errors import UserError
-from cl_bench.report import compare_runs, report_run
-from cl_bench.results import write_parquet
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -86,8 +86,8 @@ def test_report_of_a_real_drslora_run(tmp_path: Path) -> None:
     import torch
     from fakeworld import FakeWorld
 
-    from cl_bench.config import RunConfig
-    from cl_bench.engine import run
+    from cl_bench.engine.config import RunConfig
+    from cl_bench.engine.loop import run
 
     torch.set_num_threads(1)
     out = tmp_path / "run"
@@ -108,7 +108,7 @@ def test_report_of_a_real_drslora_run(tmp_path: Path) -> None:
 
 
 def test_domain_shares_against_a_hand_computed_table() -> None:
-    from cl_bench.report import domain_shares
+    from cl_bench.analysis.report import domain_shares
 
     rows = [  # (after_task, eval_dataset, predicted_domain, count)
         (0, "a", "a", 6), (0, "a", "b", 2), (0, "b", "a", 1), (0, "b", "b", 3),

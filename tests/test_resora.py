@@ -12,10 +12,10 @@ import torch
 from fakeworld import FakeWorld
 from torch.nn.utils import parametrize
 
-from cl_bench.config import RunConfig
-from cl_bench.engine import Engine
+from cl_bench.api.learner import build_config, get_learner
+from cl_bench.engine.config import RunConfig
+from cl_bench.engine.loop import Engine
 from cl_bench.errors import UserError
-from cl_bench.learner import build_config, get_learner
 from cl_bench.learners.resora import ReSoRA
 from cl_bench.models.lora import LowRankBlock
 from cl_bench.models.redundancy import (
@@ -198,8 +198,8 @@ def test_resora_trains_logs_the_term_and_merges(tmp_path) -> None:
 
 @pytest.mark.parametrize("learner", ["lora", "drslora", "gated_lora"])
 def test_any_lora_family_learner_can_switch_the_term_on(learner: str) -> None:
-    from cl_bench.context import RunContext
-    from cl_bench.learner import Batch, StepInfo, Task
+    from cl_bench.api.context import RunContext
+    from cl_bench.api.learner import Batch, StepInfo, Task
     from cl_bench.models.tiny import random_tiny_clip
 
     def one_step(overrides: dict[str, str]) -> dict:

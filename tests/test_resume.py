@@ -27,12 +27,12 @@ import pandas as pd
 import pytest
 from fakeworld import FakeWorld
 
-from cl_bench.checkpoint import load_checkpoint
-from cl_bench.config import RunConfig
-from cl_bench.engine import Engine, run
+from cl_bench.analysis.results import lock_run_dir, read_manifest
+from cl_bench.api.learner import available_learners, get_learner
+from cl_bench.engine.checkpoint import load_checkpoint
+from cl_bench.engine.config import RunConfig
+from cl_bench.engine.loop import Engine, run
 from cl_bench.errors import RunFailed, UserError
-from cl_bench.learner import available_learners, get_learner
-from cl_bench.results import lock_run_dir, read_manifest
 
 HERE = Path(__file__).resolve().parent
 NUM_TASKS = 4
@@ -47,11 +47,11 @@ def _kill() -> None:
 def _install_kill(spec: str) -> None:
     """Patch the learner / evaluation / atomic writes of this process to die at `spec`."""
     import torch
+    from cl_bench_baselines.finetune import Finetune
 
-    import cl_bench.checkpoint
-    import cl_bench.engine
-    import cl_bench.results
-    from baselines.finetune import Finetune
+    import cl_bench.analysis.results
+    import cl_bench.engine.checkpoint
+    import cl_bench.engine.loop
 
     kind, *args = spec.split(":") if spec else [""]
     state = {"after_task": 0, "writes": 0, "batches": 0}
@@ -83,7 +83,7 @@ def _install_kill(spec: str) -> None:
     Finetune.train_step, Finetune.begin_task, Finetune.end_task = train_step, begin_task, end_task
 
     if kind == "eval":
-        original_eval = cl_bench.engine.evaluate_all
+        original_eval = cl_bench.engine.loop.evaluate_all
 
         def evaluate_all(*a, on_batch=None, **kw):
             def counted(n: int) -> None:
@@ -96,10 +96,10 @@ def _install_kill(spec: str) -> None:
             state["batches"] = 0
             return original_eval(*a, on_batch=counted, **kw)
 
-        cl_bench.engine.evaluate_all = evaluate_all
+        cl_bench.engine.loop.evaluate_all = evaluate_all
 
     if kind == "write":
-        original_atomic = cl_bench.results.atomic_write
+        original_atomic = cl_bench.analysis.results.atomic_write
 
         def atomic_write(path, write):
             if not Path(path).name.startswith(args[0]):
@@ -117,8 +117,8 @@ def _install_kill(spec: str) -> None:
 
             return original_atomic(path, half_then_die)
 
-        cl_bench.results.atomic_write = atomic_write
-        cl_bench.checkpoint.atomic_write = atomic_write
+        cl_bench.analysis.results.atomic_write = atomic_write
+        cl_bench.engine.checkpoint.atomic_write = atomic_write
 
 
 def child_main(out: str, spec: str, resume: bool) -> None:
@@ -391,7 +391,7 @@ def test_a_second_process_cannot_write_the_same_run_dir(tmp_path: Path) -> None:
 
 
 NAN_LEARNER = """
-from baselines.finetune import Finetune
+from cl_bench_baselines.finetune import Finetune
 
 
 class NanAtTask2(Finetune):
@@ -424,7 +424,7 @@ def test_non_finite_loss_stops_naming_task_and_step_and_keeps_completed_tasks(
 def test_train_step_returning_no_dict_is_a_clear_error(tmp_path: Path) -> None:
     learner_file = tmp_path / "bad_learner.py"
     learner_file.write_text(
-        "from baselines.finetune import Finetune\n"
+        "from cl_bench_baselines.finetune import Finetune\n"
         "class ReturnsLoss(Finetune):\n"
         "    def train_step(self, batch, step):\n"
         "        return super().train_step(batch, step)['loss']\n"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cl_bench.config import RunConfig
+from cl_bench.engine.config import RunConfig
 from cl_bench.errors import RunFailed, UserError
-from cl_bench.sweep import (
+from cl_bench.sweep.plan import (
     Job,
     LocalExecutor,
     check_states,
@@ -52,7 +52,7 @@ class InlineExecutor:
     def submit(self, job: Job) -> DoneHandle:
         from fakeworld import FakeWorld
 
-        from cl_bench.engine import run
+        from cl_bench.engine.loop import run
 
         self.submitted.append(job)
         try:
@@ -131,7 +131,7 @@ def test_local_executor_runs_processes_and_reports_failures(tmp_path: Path) -> N
     program.write_text(
         "import sys\n"
         f"sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]\n"
-        "import cl_bench.engine as engine\n"
+        "import cl_bench.engine.loop as engine\n"
         "from fakeworld import FakeWorld\n"
         "engine.get_world = lambda cfg: FakeWorld()\n"
         "from cl_bench.cli import main\n"
@@ -139,7 +139,7 @@ def test_local_executor_runs_processes_and_reports_failures(tmp_path: Path) -> N
     )
     broken = tmp_path / "broken.py"
     broken.write_text(
-        "from cl_bench.learner import Learner\n"
+        "from cl_bench.api.learner import Learner\n"
         "class Broken(Learner):\n"
         "    name = 'broken'\n"
         "    def train_step(self, batch, step):\n"
@@ -176,7 +176,7 @@ def test_grid_view_prints_state_changes_and_the_final_grid(tmp_path: Path) -> No
 
     from rich.console import Console
 
-    from cl_bench.sweep import CellState, GridView
+    from cl_bench.sweep.plan import CellState, GridView
 
     jobs = plan_jobs(BASE, ["zeroshot", "finetune"], [0, 1], tmp_path)
     buf = io.StringIO()

@@ -50,10 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl_bench.api.learner import Batch, Learner, StepInfo, Task, register_learner
+from cl_bench.api.losses import clip_features
+from cl_bench.api.optim import adamw_warmup_cosine
 from cl_bench.errors import UserError
-from cl_bench.learner import Batch, Learner, StepInfo, Task, register_learner
-from cl_bench.losses import clip_features
-from cl_bench.optim import adamw_warmup_cosine
 
 
 def block_candidates(model: nn.Module) -> list[tuple[str, int, dict[str, nn.Parameter]]]:

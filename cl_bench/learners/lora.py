@@ -7,7 +7,7 @@ Reference code: github.com/Artificer-AI-Lab/CoDyRA (``models/codyra.py``, ``lora
 
 What it does, per task: attach fresh rank-r adapters ΔW = B A (A Kaiming-uniform, B = 0,
 no α/r scaling) to attention q, k, v, out and MLP fc, proj of both encoders (configurable);
-train them alone with the contrastive loss of `cl_bench.losses` (image→text over the task's
+train them alone with the contrastive loss of `cl_bench.api.losses` (image→text over the task's
 prompts + text→image) with AdamW (lr 5e-4, betas 0.9/0.9999, wd 0, cosine; the reference
 code's defaults); at the end of the task write ΔW into the base weights in fp32 and remove
 the adapter. Inference cost is the plain model's.
@@ -19,7 +19,7 @@ Deviations from the reference code:
 - The adapter is a weight parametrization on the packed ``in_proj_weight`` (q/k/v slices),
   ``out_proj.weight`` and the MLP weights; the reference replaces MultiheadAttention by an
   unfused copy. Same function, same parameter count.
-- text→image loss: `cl_bench.losses.contrastive_loss` spreads the target of a class that
+- text→image loss: `cl_bench.api.losses.contrastive_loss` spreads the target of a class that
   occurs several times in the batch uniformly over its images (PROTOCOL.md §2); the
   reference code uses the unnormalised 0/1 mask as soft target.
 - `logit_scale` stays frozen (the reference code trains only adapter parameters too).
@@ -32,12 +32,12 @@ from typing import Any, ClassVar
 
 import torch
 
+from cl_bench.api.learner import Batch, Learner, StepInfo, Task, register_learner
+from cl_bench.api.losses import clip_logits, contrastive_loss
+from cl_bench.api.optim import adamw_warmup_cosine
 from cl_bench.errors import UserError
-from cl_bench.learner import Batch, Learner, StepInfo, Task, register_learner
-from cl_bench.losses import clip_logits, contrastive_loss
 from cl_bench.models.lora import ENCODERS, MATRIX_KINDS, LoRAAdapter, Variant, find_sites
 from cl_bench.models.redundancy import RedundancyForm, redundancy_loss
-from cl_bench.optim import adamw_warmup_cosine
 
 REFERENCE_WIDTH = 768  # ViT-B/16's width, at which the paper's ranks are given
 # CoDyRA's budget per task (PROTOCOL.md §4; runner_codyra.sh ITERATIONS=500), in every setting

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cl_bench.engine.settings import check_keys, read_toml, tasks_dir
 from cl_bench.errors import UserError
-from cl_bench.settings import check_keys, read_toml, tasks_dir
 
 TOP_REQUIRED = {
     "version",

@@ -69,13 +69,13 @@ def pretrain(
     """Train from scratch, evaluate zero-shot, write fp16 safetensors + the JSON record."""
     import torch
 
+    from cl_bench.api.optim import adamw_warmup_cosine
     from cl_bench.data.toy.model import (
         create_toy_clip,
         load_toy_backbone,
         save_weights,
         toy_tokenizer,
     )
-    from cl_bench.optim import adamw_warmup_cosine
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -155,9 +155,9 @@ def zero_shot_accuracies(
     from cl_bench.data.toy.model import toy_tokenizer
     from cl_bench.data.toy.world import ToyWorld
     from cl_bench.data.world import ImageSet
-    from cl_bench.evaluation import evaluate_all
+    from cl_bench.engine.evaluator import evaluate_all
+    from cl_bench.engine.settings import load_setting_file
     from cl_bench.models.backbone import Backbone
-    from cl_bench.settings import load_setting_file
 
     world = ToyWorld()
     names = world.dataset_names()

@@ -19,7 +19,7 @@ def _version(pkg: str) -> str | None:
 
 def git_sha() -> str | None:
     """The checkout's commit (with '+dirty' when modified), or None outside a git checkout."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5

@@ -5,7 +5,7 @@ The sweep itself writes nothing: each cell is an ordinary `clbench run` with an 
 sweep is idempotent: finished runs are skipped, unfinished ones continue with --resume, and
 a directory that holds a run of a different configuration stops the sweep before anything
 starts. Progress is read from each run's manifest, so it works for any executor whose
-workers share the file system (local processes; SLURM and Ray in cl_bench.executors).
+workers share the file system (local processes; SLURM and Ray in cl_bench.sweep.executors).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from cl_bench.config import RunConfig
+from cl_bench.analysis.results import MANIFEST_FILE, SUMMARY_FILE, read_manifest
+from cl_bench.engine.config import RunConfig
 from cl_bench.errors import RunFailed, UserError
-from cl_bench.executors import RAY_FLAGS, SLURM_FLAGS, stop_process, tail
-from cl_bench.results import MANIFEST_FILE, SUMMARY_FILE, read_manifest
+from cl_bench.sweep.executors import RAY_FLAGS, SLURM_FLAGS, stop_process, tail
 
 
 # ------------------------------------------------------------------------------ plan
@@ -61,7 +61,7 @@ def parse_seeds(text: str) -> list[int]:
 def expand_learners(text: str) -> list[str]:
     """A comma list of learner names; `all` means every registered learner."""
     if text.strip() == "all":
-        from cl_bench.learner import available_learners
+        from cl_bench.api.learner import available_learners
 
         return sorted(available_learners())
     return parse_list(text, "--learners")
@@ -85,9 +85,9 @@ def plan_jobs(base: RunConfig, learners: list[str], seeds: list[int], out: Path)
     """Validate every cell up front (unknown learner, bad --set key, conflicting run dir)."""
     from dataclasses import replace
 
-    from cl_bench.engine import default_run_dir
-    from cl_bench.learner import build_config, get_learner
-    from cl_bench.settings import resolve_setting
+    from cl_bench.api.learner import build_config, get_learner
+    from cl_bench.engine.loop import default_run_dir
+    from cl_bench.engine.settings import resolve_setting
 
     setting = resolve_setting(
         base.setting, base.world, base.order, base.shots, base.iterations, base.batch_size
@@ -219,9 +219,9 @@ class LocalExecutor:
 # name -> (the executor class as "module:Class", its constructor arguments -> their CLI flags).
 # The cluster executors import their optional extra only when they are built.
 EXECUTORS: dict[str, tuple[str, dict[str, str]]] = {
-    "local": ("cl_bench.sweep:LocalExecutor", {"jobs": "--jobs"}),
-    "slurm": ("cl_bench.executors:SlurmExecutor", SLURM_FLAGS),
-    "ray": ("cl_bench.executors:RayExecutor", RAY_FLAGS),
+    "local": ("cl_bench.sweep.plan:LocalExecutor", {"jobs": "--jobs"}),
+    "slurm": ("cl_bench.sweep.executors:SlurmExecutor", SLURM_FLAGS),
+    "ray": ("cl_bench.sweep.executors:RayExecutor", RAY_FLAGS),
 }
 
 

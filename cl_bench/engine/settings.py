@@ -37,7 +37,7 @@ def tasks_dir() -> Path:
     """The `tasks/` data directory: $CLBENCH_TASKS_DIR, else the one beside the package."""
     env = os.environ.get("CLBENCH_TASKS_DIR")
     candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parent.parent / "tasks")
+    candidates.append(Path(__file__).resolve().parents[2] / "tasks")
     for path in candidates:
         if (path / "settings").is_dir():
             return path

@@ -40,14 +40,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cl_bench.config import RunConfig
+from cl_bench.analysis.provenance import peak_rss_mb
+from cl_bench.api.learner import Batch, StepInfo, Task
 from cl_bench.data.world import DataWorld, ImageSet
-from cl_bench.engine import BatchStream, Engine, seed_everything
+from cl_bench.engine.config import RunConfig
+from cl_bench.engine.evaluator import EvalCache, text_classifier
+from cl_bench.engine.loop import BatchStream, Engine, seed_everything
+from cl_bench.engine.precision import autocast
 from cl_bench.errors import RunFailed, UserError
-from cl_bench.evaluation import EvalCache, text_classifier
-from cl_bench.learner import Batch, StepInfo, Task
-from cl_bench.precision import autocast
-from cl_bench.provenance import peak_rss_mb
 
 BLOCK_STEPS = 10  # training is timed in interleaved blocks (= the default log_every)
 EVAL_SLICES = 4  # one evaluation is timed as this many interleaved slices of every test set

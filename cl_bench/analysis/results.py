@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cl_bench.analysis.metrics import holdout_transfer, stream_metrics
 from cl_bench.errors import UserError
-from cl_bench.metrics import holdout_transfer, stream_metrics
 
 ACCURACY_FILE = "accuracy.parquet"
 SUMMARY_FILE = "summary.parquet"

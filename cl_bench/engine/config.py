@@ -41,7 +41,9 @@ class RunConfig:
     eval_limit: int | None = None  # at most this many test images per dataset (quick looks, tests)
     max_tasks: int | None = None  # only the first N tasks of the stream (quick looks, tests)
     log_every: int = 10
-    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast compute dtype (cl_bench.precision)
+    precision: str = (
+        "fp32"  # fp32 | bf16 | fp16: autocast compute dtype (cl_bench.engine.precision)
+    )
     threads: int | None = None  # torch CPU threads (None = torch's default: all cores)
 
     def validate(self) -> None:
@@ -64,7 +66,7 @@ class RunConfig:
                 raise UserError(f"{flag} must be a positive integer, got {value}")
         if self.seed < 0:
             raise UserError(f"--seed must be >= 0, got {self.seed}")
-        from cl_bench.precision import check_precision
+        from cl_bench.engine.precision import check_precision
 
         check_precision(self.precision, self.device)
 
@@ -83,7 +85,7 @@ class RunConfig:
 
 def load_config_file(path: Path) -> dict[str, Any]:
     """A TOML run config: top-level keys are RunConfig fields; a [set] table holds overrides."""
-    from cl_bench.settings import read_toml
+    from cl_bench.engine.settings import read_toml
 
     raw = read_toml(Path(path))
     valid = {f.name for f in dataclasses.fields(RunConfig)} - {"overrides"}

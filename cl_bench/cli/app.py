@@ -144,7 +144,7 @@ def run(
     ] = None,
 ) -> None:
     """Stream a setting's tasks through a learner; write accuracy/summary parquet + manifest."""
-    from cl_bench.config import RunConfig, load_config_file
+    from cl_bench.engine.config import RunConfig, load_config_file
 
     values = load_config_file(config) if config else {}
     flags = {
@@ -163,8 +163,8 @@ def run(
     cfg = RunConfig(**values)
     cfg.validate()
 
-    from cl_bench.cli_view import RichReporter, print_summary
-    from cl_bench.engine import Engine
+    from cl_bench.cli.view import RichReporter, print_summary
+    from cl_bench.engine.loop import Engine
 
     reporter = RichReporter()
     engine = Engine(cfg, reporter)  # resolves and validates everything before any bar is drawn
@@ -179,8 +179,8 @@ def list_learners(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False,
 ) -> None:
     """Registered learners (built-ins and installed plug-ins) with a one-line description."""
-    from cl_bench.cli_view import describe_target, print_rows
-    from cl_bench.learner import available_learners
+    from cl_bench.api.learner import available_learners
+    from cl_bench.cli.view import describe_target, print_rows
 
     rows = [
         {"name": n, "target": t, "description": describe_target(t)}
@@ -194,8 +194,8 @@ def list_settings(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False,
 ) -> None:
     """Protocols in tasks/settings/."""
-    from cl_bench.cli_view import print_rows
-    from cl_bench.settings import available_settings, load_setting_file
+    from cl_bench.cli.view import print_rows
+    from cl_bench.engine.settings import available_settings, load_setting_file
 
     rows = []
     for name in available_settings():
@@ -221,7 +221,7 @@ def list_datasets(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False,
 ) -> None:
     """Datasets of each world: class and template counts."""
-    from cl_bench.cli_view import dataset_rows, print_rows
+    from cl_bench.cli.view import dataset_rows, print_rows
 
     print_rows(dataset_rows(world), as_json, "Datasets")
 
@@ -249,7 +249,7 @@ def leaderboard(
     ] = None,
 ) -> None:
     """Paper-style tables from many runs (mean ± std over seeds, best marked, hold-out, cost)."""
-    from cl_bench.leaderboard import render_leaderboard
+    from cl_bench.analysis.leaderboard import render_leaderboard
 
     text, skipped = render_leaderboard(
         dirs or [Path("results/runs")],
@@ -344,9 +344,9 @@ def sweep(
     reference_captions: ReferenceCaptionsOption = None,
 ) -> None:
     """Run a learner x seed grid; finished runs are skipped, interrupted ones resumed."""
-    from cl_bench.config import RunConfig
-    from cl_bench.executors import check_gpu_request
-    from cl_bench.sweep import (
+    from cl_bench.engine.config import RunConfig
+    from cl_bench.sweep.executors import check_gpu_request
+    from cl_bench.sweep.plan import (
         GridView,
         check_states,
         executor_options,
@@ -392,7 +392,7 @@ def report(
     ] = None,
 ) -> None:
     """PNG plots of one run: accuracy matrix and curves, training curves, drslora ranks, gates."""
-    from cl_bench.report import report_run
+    from cl_bench.analysis.report import report_run
 
     for path in report_run(run_dir, out):
         print(path)
@@ -408,7 +408,7 @@ def compare(
     shots: Annotated[int | None, typer.Option(help="Only runs with this many shots.")] = None,
 ) -> None:
     """Learners side by side: Transfer / Average / Last bars (mean ± std over seeds)."""
-    from cl_bench.report import compare_runs
+    from cl_bench.analysis.report import compare_runs
 
     filters = {"setting": setting, "world": world, "order": order, "shots": shots}
     path, skipped = compare_runs(dirs, out, filters)
@@ -440,7 +440,7 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     """Harness overhead: engine vs bare training steps and evaluation (ratios, rates, memory)."""
-    from cl_bench.bench import format_result, run_bench
+    from cl_bench.engine.bench import format_result, run_bench
 
     result = run_bench(
         setting=setting, learner=learner, world=world, steps=steps, repeats=repeats,

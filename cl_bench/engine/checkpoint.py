@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cl_bench.analysis.results import atomic_write
 from cl_bench.errors import UserError
-from cl_bench.results import atomic_write
 
 CHECKPOINT_DIR = "checkpoint"
 TENSORS_FILE = "tensors.safetensors"

@@ -127,8 +127,8 @@ def print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
 
 
 def dataset_rows(world: str) -> list[dict[str, Any]]:
+    from cl_bench.data.worlds import WORLD_CLASSES, world_class
     from cl_bench.errors import UserError
-    from cl_bench.worlds import WORLD_CLASSES, world_class
 
     if world not in (*WORLD_CLASSES, "all"):
         raise UserError(f"unknown world {world!r}; valid: {', '.join(WORLD_CLASSES)}, all")

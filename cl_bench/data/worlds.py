@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-from cl_bench.config import WORLDS, RunConfig
 from cl_bench.data.world import DataWorld
+from cl_bench.engine.config import WORLDS, RunConfig
 from cl_bench.errors import UserError
 
 WORLD_CLASSES = {

@@ -17,7 +17,7 @@ and own their optimizers, and the hooks give the same gradients without a wrappe
 Which losses stay exact: a mean over this rank's images (averaging the ranks' gradients gives
 the mean over the global batch), a term every rank computes identically (reference data,
 weight penalties), and a term that couples the images of a batch (a softmax over the batch's
-images) computed on `gather_batch` outputs, as `cl_bench.losses.contrastive_loss` does.
+images) computed on `gather_batch` outputs, as `cl_bench.api.losses.contrastive_loss` does.
 
 Evaluation: each rank scores every N-th test image and the correct counts are summed.
 Only rank 0 writes files (manifest, parquet, checkpoints); the others only compute.
@@ -33,57 +33,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cl_bench.api.collectives import active, gather_batch  # noqa: F401 - re-exported
 from cl_bench.data.world import ImageSet
 from cl_bench.errors import UserError
-
-
-def active() -> bool:
-    """True inside a process group of more than one rank."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-class _GatherRows(torch.autograd.Function):
-    """all_gather along dim 0 whose backward returns this rank's rows of the gradient, times
-    the world size.
-
-    Every rank computes the same loss from the gathered tensor, so the gradient every rank
-    holds for rank r's rows is the same; the true backward of an all-gather (the sum over
-    ranks of those gradients) is world_size times it. Computing it locally saves a
-    collective in backward, and it works on gloo, which has no reduce-scatter.
-    """
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        world, rank = dist.get_world_size(), dist.get_rank()
-        parts = [torch.empty_like(tensor) for _ in range(world)]
-        dist.all_gather(parts, tensor.contiguous())
-        ctx.rows, ctx.world, ctx.rank = tensor.shape[0], world, rank
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        start = ctx.rank * ctx.rows
-        return grad[start : start + ctx.rows] * ctx.world
-
-
-def gather_batch(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Rows of every rank's shard of the batch, in global batch order (identity in one process).
-
-    For loss terms that couple the images of a batch (softmax over the batch's images):
-    compute them on the gathered tensors, identically on every rank. Gradients flow back to
-    this rank's rows; integer tensors (labels) are gathered without gradient.
-    """
-    if not active():
-        return tensors
-    out = []
-    for t in tensors:
-        if t.requires_grad:
-            out.append(_GatherRows.apply(t))
-        else:
-            parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-            dist.all_gather(parts, t.contiguous())
-            out.append(torch.cat(parts))
-    return tuple(out)
 
 
 @dataclass

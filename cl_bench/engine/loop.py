@@ -22,17 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cl_bench import checkpoint as ckpt
-from cl_bench.config import RunConfig
-from cl_bench.context import RunContext
-from cl_bench.data.world import DataWorld, ImageSet
-from cl_bench.distributed import from_environment
-from cl_bench.errors import RunFailed, UserError
-from cl_bench.evaluation import EvalCache, EvalResult, evaluate_all
-from cl_bench.learner import Batch, Learner, StepInfo, Task, build_config, config_dict, get_learner
-from cl_bench.precision import autocast
-from cl_bench.provenance import peak_rss_mb, versions
-from cl_bench.results import (
+from cl_bench.analysis.provenance import peak_rss_mb, versions
+from cl_bench.analysis.results import (
     ACCURACY_COLUMNS,
     ACCURACY_FILE,
     DOMAIN_COLUMNS,
@@ -50,8 +41,25 @@ from cl_bench.results import (
     write_json,
     write_parquet,
 )
-from cl_bench.settings import Setting, resolve_setting
-from cl_bench.worlds import get_world
+from cl_bench.api.context import RunContext
+from cl_bench.api.learner import (
+    Batch,
+    Learner,
+    StepInfo,
+    Task,
+    build_config,
+    config_dict,
+    get_learner,
+)
+from cl_bench.data.world import DataWorld, ImageSet
+from cl_bench.data.worlds import get_world
+from cl_bench.engine import checkpoint as ckpt
+from cl_bench.engine.config import RunConfig
+from cl_bench.engine.distributed import from_environment
+from cl_bench.engine.evaluator import EvalCache, EvalResult, evaluate_all
+from cl_bench.engine.precision import autocast
+from cl_bench.engine.settings import Setting, resolve_setting
+from cl_bench.errors import RunFailed, UserError
 
 # Config keys that decide what the rows are (identity columns, evaluated datasets, test
 # sets): --force cannot change them on --resume. The rest (iterations, batch size, learner

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # heavy imports stay out of `clbench --help`
     import torch
     from torch import nn
 
-    from cl_bench.context import RunContext
+    from cl_bench.api.context import RunContext
     from cl_bench.models.backbone import Backbone
 
 ENTRY_POINT_GROUP = "cl_bench.learners"

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cl_bench.analysis.results import ACCURACY_FILE, DOMAINS_FILE, read_manifest, read_parquet
 from cl_bench.errors import UserError
-from cl_bench.results import ACCURACY_FILE, DOMAINS_FILE, read_manifest, read_parquet
 
 DPI = 120
 
@@ -360,7 +360,7 @@ def compare_runs(
     dirs: list[Path], out: Path, filters: dict[str, Any] | None = None
 ) -> tuple[Path, list[tuple[Path, str]]]:
     """Bars of mean Transfer / Average / Last (and hold-out) per learner, std over seeds."""
-    from cl_bench.leaderboard import collect_runs, holdout_table, metric_tables
+    from cl_bench.analysis.leaderboard import collect_runs, holdout_table, metric_tables
 
     runs, skipped = collect_runs(dirs, filters)
     table = metric_tables(runs, ["transfer", "average", "last"], per_dataset=False)[0]

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_bench.data.world import DatasetInfo, ImageSet
+from cl_bench.engine.precision import autocast
 from cl_bench.models.backbone import Backbone
-from cl_bench.precision import autocast
 
 TEXT_CHUNK = 1024  # prompts per encode_text call
 SCORE_CHUNK = 8192  # image features scored against a classifier at once (bounds logits memory)

@@ -4,7 +4,7 @@ Every number is recomputed from each run's accuracy.parquet with PROTOCOL.md §1
 (`results.summarize`), then aggregated over seeds (mean, sample std with ddof = 1, count).
 Costs come from the run manifests, never from typed-in values. One table compares like with
 like: runs of different worlds, backbones, settings, orders, shots or budgets are refused.
-Rendering lives in `cl_bench.leaderboard_render`; this module builds the tables.
+Rendering lives in `cl_bench.analysis.leaderboard_render`; this module builds the tables.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cl_bench.errors import UserError
-from cl_bench.metrics import mean_std
-from cl_bench.results import (
+from cl_bench.analysis.metrics import mean_std
+from cl_bench.analysis.results import (
     ACCURACY_FILE,
     DOMAINS_FILE,
     cross_domain_shares,
@@ -28,6 +27,7 @@ from cl_bench.results import (
     read_parquet,
     summarize,
 )
+from cl_bench.errors import UserError
 
 METRICS = ("transfer", "average", "last", "gain", "forgetting")
 METRIC_CHOICES = ("transfer", "average", "last", "all")
@@ -460,7 +460,7 @@ def render_leaderboard(
     shots: int | None = None,
 ) -> tuple[str, list[tuple[Path, str]]]:
     """The leaderboard text in `fmt` and the runs that were skipped, with why."""
-    from cl_bench.leaderboard_render import RENDERERS
+    from cl_bench.analysis.leaderboard_render import RENDERERS
 
     if fmt not in RENDERERS:
         raise UserError(f"unknown --format {fmt!r}; valid: {', '.join(RENDERERS)}")

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from cl_bench.config import RunConfig
+from cl_bench.analysis.results import MANIFEST_FILE, read_manifest
+from cl_bench.engine.config import RunConfig
 from cl_bench.errors import UserError
-from cl_bench.results import MANIFEST_FILE, read_manifest
 
 STOP_GRACE_S = 20.0  # SIGINT lets the run mark itself interrupted; SIGKILL after this
 POLL_INTERVAL_S = 0.2
@@ -100,7 +100,7 @@ class CellProcess:
     def start(
         cls, cfg: RunConfig, program: list[str] | None, cpus_per_run: int | None, log: IO | None
     ) -> CellProcess:
-        from cl_bench.sweep import run_args
+        from cl_bench.sweep.plan import run_args
 
         command = [*(program or [sys.executable, "-m", "cl_bench.cli"]), *run_args(cfg)]
         process = subprocess.Popen(

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_bench.distributed import gather_batch
+from cl_bench.api.collectives import gather_batch
 
 
 def clip_features(

@@ -1,0 +1,1 @@
+"""Results on disk and what is computed from them: metrics, leaderboards, reports."""

@@ -1,0 +1,1 @@
+"""Many runs: sweep plans and the executors that run them (local, SLURM, Ray)."""
