@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cl_bench.api.learner import Batch, Learner, StepInfo, Task, register_learner
+from cl_bench.api.learner import Batch, Learner, StepInfo, Task
 from cl_bench.api.losses import clip_logits, contrastive_loss
 from cl_bench.api.optim import adamw_warmup_cosine
+from cl_bench.api.registry import register_learner
 
 
 @register_learner("finetune")

@@ -37,8 +37,9 @@ from cl_bench_baselines._common import clip_distillation, frozen_copy
 from cl_bench_baselines.finetune import Finetune
 
 from cl_bench.api.collectives import gather_batch
-from cl_bench.api.learner import Batch, StepInfo, Task, register_learner
+from cl_bench.api.learner import Batch, StepInfo, Task
 from cl_bench.api.losses import clip_features, contrastive_loss
+from cl_bench.api.registry import register_learner
 
 
 @register_learner("lwf")

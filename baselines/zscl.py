@@ -61,8 +61,9 @@ from cl_bench_baselines._common import (
 from cl_bench_baselines.finetune import Finetune
 from torch import nn
 
-from cl_bench.api.learner import Batch, StepInfo, Task, register_learner
+from cl_bench.api.learner import Batch, StepInfo, Task
 from cl_bench.api.losses import clip_logits, contrastive_loss
+from cl_bench.api.registry import register_learner
 from cl_bench.errors import UserError
 
 TEXT_CHUNK = 256  # captions encoded per forward when caching the teacher's embeddings

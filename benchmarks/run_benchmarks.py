@@ -45,7 +45,7 @@ def _slug(text: str) -> str:
 
 
 def all_learners() -> list[str]:
-    from cl_bench.api.learner import available_learners
+    from cl_bench.api.registry import available_learners
 
     return list(available_learners())
 

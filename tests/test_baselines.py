@@ -19,15 +19,10 @@ from cl_bench_baselines.wiseft import WiSEFT
 from cl_bench_baselines.zscl import ZSCL, is_merge_step
 
 from cl_bench.api.context import RunContext
-from cl_bench.api.learner import (
-    Batch,
-    StepInfo,
-    Task,
-    available_learners,
-    build_config,
-    get_learner,
-)
+from cl_bench.api.hyperparameters import build_config
+from cl_bench.api.learner import Batch, StepInfo, Task
 from cl_bench.api.losses import clip_features
+from cl_bench.api.registry import available_learners, get_learner
 from cl_bench.errors import UserError
 from cl_bench.models.tiny import random_tiny_clip
 

@@ -14,8 +14,9 @@ import pytest
 import torch
 from fakeworld import FakeWorld
 
-from cl_bench.api.learner import Batch, Learner, StepInfo, register_learner
+from cl_bench.api.learner import Batch, Learner, StepInfo
 from cl_bench.api.losses import clip_logits, contrastive_loss
+from cl_bench.api.registry import register_learner
 from cl_bench.engine.config import RunConfig
 from cl_bench.engine.evaluator import TEXT_CHUNK, EvalCache, evaluate_all
 from cl_bench.engine.loop import Engine

@@ -11,7 +11,9 @@ from fakeworld import FakeWorld
 from torch.nn.utils import parametrize
 
 from cl_bench.api.context import RunContext
-from cl_bench.api.learner import Task, build_config, get_learner
+from cl_bench.api.hyperparameters import build_config
+from cl_bench.api.learner import Task
+from cl_bench.api.registry import get_learner
 from cl_bench.engine.config import RunConfig
 from cl_bench.engine.loop import Engine
 from cl_bench.errors import UserError

@@ -6,13 +6,9 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from cl_bench.api.learner import (
-    Learner,
-    available_learners,
-    build_config,
-    get_learner,
-    register_learner,
-)
+from cl_bench.api.hyperparameters import build_config
+from cl_bench.api.learner import Learner
+from cl_bench.api.registry import available_learners, get_learner, register_learner
 from cl_bench.errors import UserError
 
 

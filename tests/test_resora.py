@@ -12,7 +12,8 @@ import torch
 from fakeworld import FakeWorld
 from torch.nn.utils import parametrize
 
-from cl_bench.api.learner import build_config, get_learner
+from cl_bench.api.hyperparameters import build_config
+from cl_bench.api.registry import get_learner
 from cl_bench.engine.config import RunConfig
 from cl_bench.engine.loop import Engine
 from cl_bench.errors import UserError

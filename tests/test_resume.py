@@ -28,7 +28,7 @@ import pytest
 from fakeworld import FakeWorld
 
 from cl_bench.analysis.results import lock_run_dir, read_manifest
-from cl_bench.api.learner import available_learners, get_learner
+from cl_bench.api.registry import available_learners, get_learner
 from cl_bench.engine.checkpoint import load_checkpoint
 from cl_bench.engine.config import RunConfig
 from cl_bench.engine.loop import Engine, run

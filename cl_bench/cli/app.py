@@ -179,7 +179,7 @@ def list_learners(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False,
 ) -> None:
     """Registered learners (built-ins and installed plug-ins) with a one-line description."""
-    from cl_bench.api.learner import available_learners
+    from cl_bench.api.registry import available_learners
     from cl_bench.cli.view import describe_target, print_rows
 
     rows = [

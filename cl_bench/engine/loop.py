@@ -42,15 +42,9 @@ from cl_bench.analysis.results import (
     write_parquet,
 )
 from cl_bench.api.context import RunContext
-from cl_bench.api.learner import (
-    Batch,
-    Learner,
-    StepInfo,
-    Task,
-    build_config,
-    config_dict,
-    get_learner,
-)
+from cl_bench.api.hyperparameters import build_config, config_dict
+from cl_bench.api.learner import Batch, Learner, StepInfo, Task
+from cl_bench.api.registry import get_learner
 from cl_bench.data.world import DataWorld, ImageSet
 from cl_bench.data.worlds import get_world
 from cl_bench.engine import checkpoint as ckpt

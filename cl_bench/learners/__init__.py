@@ -2,5 +2,5 @@
 (plain LoRA, the ablation without importance weights) and `zeroshot`.
 
 Each module holds one learner; nothing is imported here, so a lookup loads only the
-learner it needs (see `cl_bench.api.learner.BUILTIN_LEARNERS`).
+learner it needs (see `cl_bench.api.registry.BUILTIN_LEARNERS`).
 """

@@ -50,9 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_bench.api.learner import Batch, Learner, StepInfo, Task, register_learner
+from cl_bench.api.learner import Batch, Learner, StepInfo, Task
 from cl_bench.api.losses import clip_features
 from cl_bench.api.optim import adamw_warmup_cosine
+from cl_bench.api.registry import register_learner
 from cl_bench.errors import UserError
 
 

@@ -50,7 +50,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from cl_bench.api.learner import StepInfo, Task, register_learner
+from cl_bench.api.learner import StepInfo, Task
+from cl_bench.api.registry import register_learner
 from cl_bench.errors import UserError
 from cl_bench.learners.lora import CODYRA_ITERATIONS, LoRA
 

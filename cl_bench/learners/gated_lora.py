@@ -34,7 +34,8 @@ from typing import Any
 
 import torch
 
-from cl_bench.api.learner import Task, register_learner
+from cl_bench.api.learner import Task
+from cl_bench.api.registry import register_learner
 from cl_bench.learners.lora import CODYRA_ITERATIONS, LoRA
 from cl_bench.models.lora import LoRAAdapter, find_sites
 

@@ -32,9 +32,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from cl_bench.api.learner import Batch, Learner, StepInfo, Task, register_learner
+from cl_bench.api.learner import Batch, Learner, StepInfo, Task
 from cl_bench.api.losses import clip_logits, contrastive_loss
 from cl_bench.api.optim import adamw_warmup_cosine
+from cl_bench.api.registry import register_learner
 from cl_bench.errors import UserError
 from cl_bench.models.lora import ENCODERS, MATRIX_KINDS, LoRAAdapter, Variant, find_sites
 from cl_bench.models.redundancy import RedundancyForm, redundancy_loss

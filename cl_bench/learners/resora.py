@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cl_bench.api.learner import register_learner
+from cl_bench.api.registry import register_learner
 from cl_bench.learners.lora import LoRA
 from cl_bench.models.redundancy import RedundancyForm
 

@@ -3,7 +3,8 @@ Average and Last equal the zero-shot accuracies — the harness's free self-chec
 
 from __future__ import annotations
 
-from cl_bench.api.learner import Batch, Learner, StepInfo, register_learner
+from cl_bench.api.learner import Batch, Learner, StepInfo
+from cl_bench.api.registry import register_learner
 
 
 @register_learner("zeroshot")

@@ -61,7 +61,7 @@ def parse_seeds(text: str) -> list[int]:
 def expand_learners(text: str) -> list[str]:
     """A comma list of learner names; `all` means every registered learner."""
     if text.strip() == "all":
-        from cl_bench.api.learner import available_learners
+        from cl_bench.api.registry import available_learners
 
         return sorted(available_learners())
     return parse_list(text, "--learners")
@@ -85,7 +85,8 @@ def plan_jobs(base: RunConfig, learners: list[str], seeds: list[int], out: Path)
     """Validate every cell up front (unknown learner, bad --set key, conflicting run dir)."""
     from dataclasses import replace
 
-    from cl_bench.api.learner import build_config, get_learner
+    from cl_bench.api.hyperparameters import build_config
+    from cl_bench.api.registry import get_learner
     from cl_bench.engine.loop import default_run_dir
     from cl_bench.engine.settings import resolve_setting
 
