@@ -127,13 +127,14 @@ def print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
 
 
 def dataset_rows(world: str) -> list[dict[str, Any]]:
-    from cl_bench.data.worlds import WORLD_CLASSES, world_class
+    from cl_bench.data.worlds import world_class, world_names
     from cl_bench.errors import UserError
 
-    if world not in (*WORLD_CLASSES, "all"):
-        raise UserError(f"unknown world {world!r}; valid: {', '.join(WORLD_CLASSES)}, all")
+    names = world_names()
+    if world not in (*names, "all"):
+        raise UserError(f"unknown world {world!r}; valid: {', '.join(names)}, all")
     rows = []
-    for name in WORLD_CLASSES:
+    for name in names:
         if world not in (name, "all"):
             continue
         w = world_class(name)()
