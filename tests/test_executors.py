@@ -120,10 +120,13 @@ def test_bad_executor_options_are_one_line_user_errors(monkeypatch) -> None:
         check_gpu_request("ray", "cpu", 2)
     with pytest.raises(UserError, match="would get no GPU"):
         check_gpu_request("slurm", "cuda", 0)
-    for target, flags in EXECUTORS.values():  # every CLI option is a constructor argument
-        module, _, cls = target.partition(":")
-        fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
-        assert set(flags) <= fields and all(f.startswith("--") for f in flags.values())
+    assert EXECUTORS.names() == ["local", "slurm", "ray"]
+    for name in EXECUTORS:  # every CLI option is a constructor argument
+        cls = EXECUTORS.get(name)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert set(cls.flags) <= fields and all(f.startswith("--") for f in cls.flags.values())
+    with pytest.raises(UserError, match=r"unknown --executor 'slrum' \(did you mean slurm\?\)"):
+        make_executor("slrum")
     if importlib.util.find_spec("submitit"):
         with pytest.raises(UserError, match="--executor slurm needs --time-min"):
             make_executor("slurm", cluster="local")

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import sys
 import traceback
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,6 +19,7 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exc
 
+from cl_bench.engine.config import RunConfig, cli_options, from_cli
 from cl_bench.errors import RunFailed, UserError
 
 app = typer.Typer(
@@ -29,38 +32,75 @@ list_app = typer.Typer(no_args_is_help=True, help="List learners, settings or da
 app.add_typer(list_app, name="list")
 
 
-# Options shared by `run`, `sweep` and `bench` (one definition, one help text).
-OrderOption = Annotated[str | None, typer.Option(help="Task order (MTIL: I or II).")]
-ShotsOption = Annotated[int | None, typer.Option(help="Images per class for training (0 = all).")]
-IterationsOption = Annotated[
-    int | None, typer.Option(help="Override the per-task iteration count.")
-]
-BatchSizeOption = Annotated[int | None, typer.Option(help="Override the training batch size.")]
-DeviceOption = Annotated[str, typer.Option(help="cpu or cuda.")]
-EvalLimitOption = Annotated[
-    int | None, typer.Option(help="At most N test images per dataset (quick looks).")
-]
-MaxTasksOption = Annotated[
-    int | None, typer.Option(help="Only the first N tasks of the stream (quick looks).")
-]
-DataRootOption = Annotated[
-    str | None, typer.Option(help="Real world: directory holding the datasets.")
-]
-ModelOption = Annotated[
-    str | None, typer.Option(help="Real world: open_clip model name (default ViT-B-16).")
-]
-PretrainedOption = Annotated[
-    str | None, typer.Option(help="Real world: open_clip weights tag (default openai).")
-]
-SplitDirOption = Annotated[
-    str | None, typer.Option(help="Real world: directory of CoOp-style split JSON files.")
-]
-ReferenceImagesOption = Annotated[
-    str | None, typer.Option(help="Real world: reference image folder for ZSCL.")
-]
-ReferenceCaptionsOption = Annotated[
-    str | None, typer.Option(help="Real world: reference caption list (one per line) for ZSCL.")
-]
+# ------------------------------------------------------------------------------ run options
+# The options shared by `run`, `sweep` and `bench` are RunConfig's fields (flag, help text,
+# help group: cl_bench.engine.config); each command lists only its own options explicitly.
+PER_CELL = ("learner", "seed", "out", "resume", "force")  # a sweep sets these for each cell
+BENCH_OPTIONS = ("setting", "learner", "world", "overrides", "device", "eval_limit", "precision", "threads")  # fmt: skip
+
+
+def _option_parameter(opt: Any, default: Any) -> inspect.Parameter:
+    """A RunConfig option as a typer option parameter."""
+    if opt.name == "overrides":  # repeatable --set KEY=VALUE; parsed by from_cli
+        annotation, default = list[str] | None, None
+    else:
+        annotation = opt.type
+    derived = "--" + opt.name.replace("_", "-")
+    decls = () if opt.flag == derived else (opt.flag,)
+    info = typer.Option(*decls, help=opt.help, rich_help_panel=opt.group)
+    return inspect.Parameter(
+        opt.name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=default,
+        annotation=Annotated[annotation, info],
+    )
+
+
+def run_options(
+    only: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
+    defaults: dict[str, Any] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command RunConfig's CLI options (all, `only` these, or all but `exclude`) after
+    its own parameters; the command receives them as **options (field name -> CLI value)."""
+    by_name = {o.name: o for o in cli_options()}
+    names = list(only) if only is not None else [n for n in by_name if n not in set(exclude)]
+    defaults = defaults or {}
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(func, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        derived = [
+            _option_parameter(by_name[n], defaults.get(n, by_name[n].default)) for n in names
+        ]
+        func.__signature__ = sig.replace(parameters=[*own, *derived])  # type: ignore[attr-defined]
+        return func
+
+    return decorate
+
+
+def config_values(options: dict[str, Any]) -> dict[str, Any]:
+    """The CLI values of RunConfig options -> RunConfig field values."""
+    return {k: from_cli(k, v) for k, v in options.items()}
+
+
+def run_config(ctx: typer.Context, config: Path | None, options: dict[str, Any]) -> RunConfig:
+    """`clbench run`'s RunConfig: the --config file, with flags given on the command line
+    beating it, and --set items added to its [set] table. Validated."""
+    from cl_bench.engine.config import load_config_file
+
+    values = load_config_file(config) if config else {}
+    flags = config_values(options)
+    for key, value in flags.items():
+        if key == "overrides":
+            continue
+        source = ctx.get_parameter_source(key)
+        if key not in values or getattr(source, "name", "") == "COMMANDLINE":
+            values[key] = value
+    values["overrides"] = {**values.get("overrides", {}), **flags.get("overrides", {})}
+    cfg = RunConfig(**values)
+    cfg.validate()
+    return cfg
 
 
 def _mount_sub_apps() -> None:
@@ -77,91 +117,17 @@ def _mount_sub_apps() -> None:
 _mount_sub_apps()
 
 
-def _parse_sets(values: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr=1e-4")
-        out[key.strip()] = value.strip()
-    return out
-
-
 @app.command()
+@run_options()
 def run(
     ctx: typer.Context,
-    setting: Annotated[
-        str, typer.Option(help="Protocol: xtail or mtil (tasks/settings/*.toml).")
-    ] = "xtail",
-    learner: Annotated[
-        str, typer.Option(help="Learner name, package.module:Class or file.py:Class.")
-    ] = "zeroshot",
-    world: Annotated[
-        str, typer.Option(help="Data world: toy (embedded, default) or real.")
-    ] = "toy",
-    order: OrderOption = None,
-    shots: ShotsOption = None,
-    iterations: IterationsOption = None,
-    batch_size: BatchSizeOption = None,
-    seed: Annotated[
-        int, typer.Option(help="Seed for initialisation, batch order, augmentation.")
-    ] = 0,
-    out: Annotated[
-        str | None,
-        typer.Option(
-            help="Run directory (default results/runs/<world>-<setting>-<learner>-seed<S>)."
-        ),
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option(help="Continue an interrupted run from its last completed task.")
-    ] = False,
-    force: Annotated[
-        bool, typer.Option(help="Overwrite a finished run / resume despite a changed config.")
-    ] = False,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Learner hyperparameter KEY=VALUE (repeatable)."),
-    ] = None,
-    device: DeviceOption = "cpu",
     config: Annotated[
-        Path | None, typer.Option(help="TOML file with run options and a [set] table.")
+        Path | None, typer.Option(help="TOML file with run options and a \\[set] table.")
     ] = None,
-    model: ModelOption = None,
-    pretrained: PretrainedOption = None,
-    data_root: DataRootOption = None,
-    split_dir: SplitDirOption = None,
-    reference_images: ReferenceImagesOption = None,
-    reference_captions: ReferenceCaptionsOption = None,
-    eval_limit: EvalLimitOption = None,
-    max_tasks: MaxTasksOption = None,
-    precision: Annotated[
-        str,
-        typer.Option(help="fp32, bf16 or fp16 (autocast, fp32 master weights; fp16 CUDA only)."),
-    ] = "fp32",
-    threads: Annotated[
-        int | None,
-        typer.Option(help="torch CPU threads (default: all cores; 1 is faster on a busy machine)."),
-    ] = None,
+    **options: Any,
 ) -> None:
     """Stream a setting's tasks through a learner; write accuracy/summary parquet + manifest."""
-    from cl_bench.engine.config import RunConfig, load_config_file
-
-    values = load_config_file(config) if config else {}
-    flags = {
-        "setting": setting, "learner": learner, "world": world, "order": order, "shots": shots,
-        "iterations": iterations, "batch_size": batch_size, "seed": seed, "out": out, "resume": resume,
-        "force": force, "device": device, "model": model, "pretrained": pretrained, "data_root": data_root,
-        "eval_limit": eval_limit, "max_tasks": max_tasks, "split_dir": split_dir,
-        "reference_images": reference_images, "reference_captions": reference_captions,
-        "precision": precision, "threads": threads,
-    }  # fmt: skip
-    for key, value in flags.items():  # flags given on the command line beat the file
-        source = ctx.get_parameter_source(key)
-        if key not in values or getattr(source, "name", "") == "COMMANDLINE":
-            values[key] = value
-    values["overrides"] = {**values.get("overrides", {}), **_parse_sets(set_ or [])}
-    cfg = RunConfig(**values)
-    cfg.validate()
+    cfg = run_config(ctx, config, options)
 
     from cl_bench.cli.view import RichReporter, print_summary
     from cl_bench.engine.loop import Engine
@@ -271,24 +237,18 @@ def leaderboard(
 
 
 @app.command()
+@run_options(exclude=PER_CELL)
 def sweep(
     learners: Annotated[
         str, typer.Option(help="Comma-separated learner names, or 'all' (every registered one).")
     ],
-    setting: Annotated[str, typer.Option(help="Protocol: xtail or mtil.")] = "xtail",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
-    world: Annotated[str, typer.Option(help="Data world: toy or real.")] = "toy",
-    order: OrderOption = None,
-    shots: ShotsOption = None,
-    iterations: IterationsOption = None,
-    batch_size: BatchSizeOption = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Learner hyperparameter KEY=VALUE for every learner."),
-    ] = None,
     out: Annotated[
         Path, typer.Option(help="Folder that receives one run directory per (learner, seed).")
     ] = Path("results/runs"),
+    dry_run: Annotated[
+        bool, typer.Option(help="Print what would run, resume or be skipped; run nothing.")
+    ] = False,
     jobs: Annotated[
         int | None, typer.Option(help="--executor local: runs in parallel (default 1).")
     ] = None,
@@ -325,26 +285,9 @@ def sweep(
         str | None,
         typer.Option(help="--executor ray: cluster to join, e.g. auto (default: a new local one)."),
     ] = None,
-    device: DeviceOption = "cpu",
-    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
-    threads: Annotated[
-        int | None,
-        typer.Option(help="torch CPU threads per run (default: cores // --jobs when --jobs > 1)."),
-    ] = None,
-    eval_limit: EvalLimitOption = None,
-    max_tasks: MaxTasksOption = None,
-    dry_run: Annotated[
-        bool, typer.Option(help="Print what would run, resume or be skipped; run nothing.")
-    ] = False,
-    model: ModelOption = None,
-    pretrained: PretrainedOption = None,
-    data_root: DataRootOption = None,
-    split_dir: SplitDirOption = None,
-    reference_images: ReferenceImagesOption = None,
-    reference_captions: ReferenceCaptionsOption = None,
+    **options: Any,
 ) -> None:
     """Run a learner x seed grid; finished runs are skipped, interrupted ones resumed."""
-    from cl_bench.engine.config import RunConfig
     from cl_bench.sweep.executors import check_gpu_request
     from cl_bench.sweep.plan import (
         GridView,
@@ -358,17 +301,11 @@ def sweep(
     )
 
     names, seed_list = expand_learners(learners), parse_seeds(seeds)
-    base = RunConfig(
-        setting=setting, world=world, order=order, shots=shots, iterations=iterations,
-        batch_size=batch_size, overrides=_parse_sets(set_ or []), device=device,
-        precision=precision, threads=threads, eval_limit=eval_limit, max_tasks=max_tasks,
-        model=model, pretrained=pretrained, data_root=data_root, split_dir=split_dir,
-        reference_images=reference_images, reference_captions=reference_captions,
-    )  # fmt: skip
+    base = RunConfig(**config_values(options))
     base.validate()
-    options = executor_options(
+    executor_args = executor_options(
         executor, jobs, partition=slurm_partition,
-        gpus_per_run=check_gpu_request(executor, device, gpus_per_run),
+        gpus_per_run=check_gpu_request(executor, base.device, gpus_per_run),
         cpus_per_run=cpus_per_run, mem_gb=mem_gb, time_min=time_min,
         array_parallelism=array_parallelism, slurm_logs=slurm_logs, cluster=submitit_cluster,
         ray_address=ray_address,
@@ -378,7 +315,7 @@ def sweep(
         for job in plan:
             print(f"{job.action:7s} {job.learner} seed {job.seed} -> {job.run_dir}")
         return
-    runner = make_executor(executor, **options)  # a cluster executor connects here
+    runner = make_executor(executor, **executor_args)  # a cluster executor connects here
     with GridView(names, seed_list) as view:
         states = run_sweep(plan, runner, view)
     check_states(states)
@@ -418,35 +355,19 @@ def compare(
 
 
 @app.command()
+@run_options(only=BENCH_OPTIONS, defaults={"learner": "drslora"})
 def bench(
-    setting: Annotated[str, typer.Option(help="Protocol: xtail or mtil.")] = "xtail",
-    learner: Annotated[str, typer.Option(help="Learner to measure.")] = "drslora",
-    world: Annotated[str, typer.Option(help="Data world: toy or real.")] = "toy",
     steps: Annotated[int, typer.Option(help="Training steps per measurement.")] = 40,
     repeats: Annotated[
         int, typer.Option(help="Engine/bare pairs; the median ratio is reported.")
     ] = 3,
-    device: DeviceOption = "cpu",
-    precision: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
-    threads: Annotated[
-        int | None, typer.Option(help="torch CPU threads (default: all cores).")
-    ] = None,
-    eval_limit: Annotated[
-        int | None, typer.Option(help="At most N test images per dataset.")
-    ] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Learner hyperparameter KEY=VALUE.")
-    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    **options: Any,
 ) -> None:
     """Harness overhead: engine vs bare training steps and evaluation (ratios, rates, memory)."""
     from cl_bench.engine.bench import format_result, run_bench
 
-    result = run_bench(
-        setting=setting, learner=learner, world=world, steps=steps, repeats=repeats,
-        device=device, precision=precision, eval_limit=eval_limit, threads=threads,
-        overrides=_parse_sets(set_ or []),
-    )  # fmt: skip
+    result = run_bench(steps=steps, repeats=repeats, **config_values(options))
     if as_json:
         print(json.dumps(result.to_dict()))
     else:

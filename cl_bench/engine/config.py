@@ -1,4 +1,11 @@
-"""The resolved configuration of one run, from CLI flags or a TOML file."""
+"""The resolved configuration of one run, from CLI flags or a TOML file.
+
+`RunConfig` is the one definition of a run option: each field carries its CLI flag, help
+text and help group (`option(...)`). The `clbench run` / `sweep` / `bench` options
+(cl_bench.cli.app), the sweep's `run_args` (a config back to CLI arguments), the TOML
+loader and the option reference (`python -m cl_bench.engine.config`) are derived from it.
+This module imports no CLI library, so the table serves a Python API as well.
+"""
 
 from __future__ import annotations
 
@@ -12,58 +19,126 @@ from typing import Any
 
 from cl_bench.errors import UserError
 
-WORLDS = ("toy", "real")
 DEVICES = ("cpu", "cuda")
+
+# Help groups, in the order `--help` shows them.
+PROTOCOL, LEARNER, RUN, COMPUTE, QUICK, REAL, INTERNAL = (
+    "Protocol",
+    "Learner",
+    "Run",
+    "Compute",
+    "Quick looks",
+    "Real world",
+    "Internal",
+)
+GROUPS = (PROTOCOL, LEARNER, RUN, COMPUTE, QUICK, REAL, INTERNAL)
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    group: str,
+    flag: str | None = None,
+    cli: bool = True,
+    default_factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A RunConfig field with its CLI metadata. `flag` defaults to --field-name; `cli=False`
+    fields are TOML-only (no flag)."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown option group {group!r}; valid: {', '.join(GROUPS)}")
+    metadata = {"help": help, "group": group, "flag": flag, "cli": cli}
+    return field(default=default, default_factory=default_factory, metadata=metadata)
 
 
 @dataclass
 class RunConfig:
-    setting: str = "xtail"
-    learner: str = "zeroshot"  # registry name, module:Class or file.py:Class
-    world: str = "toy"
-    order: str | None = None  # MTIL order I / II (None = the setting's first)
-    shots: int | None = None  # None = the setting's default; 0 = all images
-    iterations: int | None = None  # per task; None = the setting's budget for the world
-    batch_size: int | None = None
-    seed: int = 0
-    out: str | None = None
-    resume: bool = False
-    force: bool = False  # resume despite a differing config / overwrite a finished run
-    overrides: dict[str, str] = field(default_factory=dict)  # --set key=value (learner Config)
-    device: str = "cpu"
-    model: str | None = None  # real world: open_clip model name (default ViT-B-16)
-    pretrained: str | None = None  # real world: weights tag (default openai)
-    data_root: str | None = None  # real world: where datasets live
-    split_dir: str | None = None  # real world: CoOp-style split JSON files to use
-    reference_images: str | None = None  # real world: reference image folder (ZSCL)
-    reference_captions: str | None = None  # real world: reference caption list file (ZSCL)
-    eval_batch_size: int = 256
-    eval_limit: int | None = None  # at most this many test images per dataset (quick looks, tests)
-    max_tasks: int | None = None  # only the first N tasks of the stream (quick looks, tests)
-    log_every: int = 10
-    precision: str = (
-        "fp32"  # fp32 | bf16 | fp16: autocast compute dtype (cl_bench.engine.precision)
+    setting: str = option(
+        "xtail", group=PROTOCOL, help="Protocol: xtail or mtil (tasks/settings/*.toml)."
     )
-    threads: int | None = None  # torch CPU threads (None = torch's default: all cores)
+    learner: str = option(
+        "zeroshot", group=LEARNER, help="Learner name, package.module:Class or file.py:Class."
+    )
+    world: str = option("toy", group=PROTOCOL, help="Data world: toy (embedded, default) or real.")
+    order: str | None = option(None, group=PROTOCOL, help="Task order (MTIL: I or II).")
+    shots: int | None = option(
+        None, group=PROTOCOL, help="Images per class for training (0 = all)."
+    )
+    iterations: int | None = option(
+        None, group=PROTOCOL, help="Override the per-task iteration count."
+    )
+    batch_size: int | None = option(None, group=PROTOCOL, help="Override the training batch size.")
+    seed: int = option(0, group=RUN, help="Seed for initialisation, batch order, augmentation.")
+    out: str | None = option(
+        None,
+        group=RUN,
+        help="Run directory (default results/runs/<world>-<setting>-<learner>-seed<S>).",
+    )
+    resume: bool = option(
+        False, group=RUN, help="Continue an interrupted run from its last completed task."
+    )
+    force: bool = option(
+        False, group=RUN, help="Overwrite a finished run / resume despite a changed config."
+    )
+    overrides: dict[str, str] = option(
+        default_factory=dict,
+        group=LEARNER,
+        flag="--set",
+        help="Learner hyperparameter KEY=VALUE (repeatable; a sweep gives it to every learner).",
+    )
+    device: str = option("cpu", group=COMPUTE, help="cpu or cuda.")
+    model: str | None = option(
+        None, group=REAL, help="Real world: open_clip model name (default ViT-B-16)."
+    )
+    pretrained: str | None = option(
+        None, group=REAL, help="Real world: open_clip weights tag (default openai)."
+    )
+    data_root: str | None = option(
+        None, group=REAL, help="Real world: directory holding the datasets."
+    )
+    split_dir: str | None = option(
+        None, group=REAL, help="Real world: directory of CoOp-style split JSON files."
+    )
+    reference_images: str | None = option(
+        None, group=REAL, help="Real world: reference image folder for ZSCL."
+    )
+    reference_captions: str | None = option(
+        None, group=REAL, help="Real world: reference caption list (one per line) for ZSCL."
+    )
+    eval_batch_size: int = option(
+        256, group=INTERNAL, cli=False, help="Images per evaluation batch (TOML only)."
+    )
+    eval_limit: int | None = option(
+        None, group=QUICK, help="At most N test images per dataset (quick looks, tests)."
+    )
+    max_tasks: int | None = option(
+        None, group=QUICK, help="Only the first N tasks of the stream (quick looks, tests)."
+    )
+    log_every: int = option(
+        10, group=INTERNAL, cli=False, help="Steps between logged training scalars (TOML only)."
+    )
+    precision: str = option(
+        "fp32",
+        group=COMPUTE,
+        help="fp32, bf16 or fp16 (autocast, fp32 master weights; fp16 CUDA only).",
+    )
+    threads: int | None = option(
+        None,
+        group=COMPUTE,
+        help="torch CPU threads per run (default: all cores, or cores // --jobs in a sweep "
+        "with --jobs > 1; 1 is faster on a busy machine).",
+    )
 
     def validate(self) -> None:
-        if self.world not in WORLDS:
-            raise UserError(f"unknown world {self.world!r}; valid worlds: {', '.join(WORLDS)}")
+        from cl_bench.data.worlds import WORLDS
+
+        WORLDS.check(self.world)
         if self.device not in DEVICES:
             raise UserError(f"unknown device {self.device!r}; valid devices: {', '.join(DEVICES)}")
-        for name in (
-            "iterations",
-            "batch_size",
-            "eval_batch_size",
-            "eval_limit",
-            "max_tasks",
-            "log_every",
-            "threads",
-        ):
+        for name in POSITIVE:
             value = getattr(self, name)
             if value is not None and value <= 0:
-                flag = "--" + name.replace("_", "-")
-                raise UserError(f"{flag} must be a positive integer, got {value}")
+                raise UserError(f"{flag_of(name)} must be a positive integer, got {value}")
         if self.seed < 0:
             raise UserError(f"--seed must be >= 0, got {self.seed}")
         from cl_bench.engine.precision import check_precision
@@ -83,13 +158,145 @@ class RunConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+POSITIVE = (  # integer options that must be > 0 when given
+    "iterations",
+    "batch_size",
+    "eval_batch_size",
+    "eval_limit",
+    "max_tasks",
+    "log_every",
+    "threads",
+)
+SET_KEY = "set"  # the TOML table (and --set) that holds `overrides`
+
+
+# ------------------------------------------------------------------------------ the table
+@dataclass(frozen=True)
+class RunOption:
+    """One RunConfig field as an option: how it is spelt on the CLI and in a TOML file."""
+
+    name: str  # the RunConfig field
+    flag: str  # --batch-size; --set for overrides
+    help: str
+    group: str
+    cli: bool  # False: TOML only
+    type: Any  # the field's type hint
+    default: Any  # the default value (a fresh {} for overrides)
+
+    @property
+    def toml_key(self) -> str:
+        return SET_KEY if self.name == "overrides" else self.name
+
+    @property
+    def is_flag(self) -> bool:
+        return self.type is bool
+
+
+def run_options() -> list[RunOption]:
+    """Every RunConfig field, in field order, with its option metadata."""
+    hints = typing.get_type_hints(RunConfig)
+    out = []
+    for f in dataclasses.fields(RunConfig):
+        meta = f.metadata
+        if "help" not in meta:
+            raise TypeError(f"RunConfig.{f.name} is not declared with option(...)")
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        out.append(
+            RunOption(
+                name=f.name,
+                flag=meta["flag"] or "--" + f.name.replace("_", "-"),
+                help=meta["help"],
+                group=meta["group"],
+                cli=meta["cli"],
+                type=hints[f.name],
+                default=default,
+            )
+        )
+    return out
+
+
+def cli_options() -> list[RunOption]:
+    """The RunConfig fields that are command-line options."""
+    return [o for o in run_options() if o.cli]
+
+
+def flag_of(name: str) -> str:
+    return next(o.flag for o in run_options() if o.name == name)
+
+
+def parse_sets(values: list[str]) -> dict[str, str]:
+    """--set KEY=VALUE items -> overrides."""
+    out: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr=1e-4")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def from_cli(name: str, value: Any) -> Any:
+    """A parsed CLI value -> the RunConfig field's value (--set items -> overrides)."""
+    return parse_sets(value or []) if name == "overrides" else value
+
+
+def config_args(cfg: RunConfig, names: typing.Iterable[str] | None = None) -> list[str]:
+    """The CLI options that reproduce cfg: every CLI field that is set (or those of `names`);
+    see `cl_bench.sweep.commands.run_args`."""
+    wanted = None if names is None else set(names)
+    args: list[str] = []
+    for opt in cli_options():
+        if wanted is not None and opt.name not in wanted:
+            continue
+        value = getattr(cfg, opt.name)
+        if opt.is_flag:
+            if value != opt.default:
+                args.append(opt.flag if value else "--no-" + opt.flag[2:])
+        elif opt.name == "overrides":
+            for key in sorted(value):
+                args += [opt.flag, f"{key}={value[key]}"]
+        elif value is not None:
+            args += [opt.flag, str(value)]
+    not_cli = [o.name for o in run_options() if not o.cli and getattr(cfg, o.name) != o.default]
+    if not_cli:
+        raise UserError(
+            f"{', '.join(not_cli)} {'has' if len(not_cli) == 1 else 'have'} no command-line "
+            "option; set it in a --config file"
+        )
+    return args
+
+
+def options_markdown() -> str:
+    """The run options as a markdown reference (what `python -m cl_bench.engine.config` prints)."""
+    lines = []
+    for group in GROUPS:
+        opts = [o for o in run_options() if o.group == group]
+        if not opts:
+            continue
+        lines += [
+            f"### {group}",
+            "",
+            "| flag | TOML key | default | meaning |",
+            "|---|---|---|---|",
+        ]
+        for o in opts:
+            flag = f"`{o.flag}`" if o.cli else "—"
+            key = f"`[{o.toml_key}]` table" if o.name == "overrides" else f"`{o.toml_key}`"
+            default = "—" if o.default in (None, {}) else f"`{o.default!r}`"
+            lines.append(f"| {flag} | {key} | {default} | {o.help} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ TOML
 def load_config_file(path: Path) -> dict[str, Any]:
     """A TOML run config: top-level keys are RunConfig fields; a [set] table holds overrides."""
     from cl_bench.engine.settings import read_toml
 
     raw = read_toml(Path(path))
-    valid = {f.name for f in dataclasses.fields(RunConfig)} - {"overrides"}
-    overrides = raw.pop("set", {})
+    options = {o.toml_key: o for o in run_options()}
+    valid = set(options) - {SET_KEY}
+    overrides = raw.pop(SET_KEY, {})
     unknown = set(raw) - valid
     if unknown:
         raise UserError(
@@ -97,11 +304,12 @@ def load_config_file(path: Path) -> dict[str, Any]:
         )
     if not isinstance(overrides, dict):
         raise UserError(f"{path}: 'set' must be a table of learner hyperparameters")
-    hints = typing.get_type_hints(RunConfig)
+    values = {}
     for key, value in raw.items():
-        _check_type(path, key, value, hints[key])
-    raw["overrides"] = {k: _override_text(v) for k, v in overrides.items()}
-    return raw
+        _check_type(path, key, value, options[key].type)
+        values[options[key].name] = value
+    values[options[SET_KEY].name] = {k: _override_text(v) for k, v in overrides.items()}
+    return values
 
 
 def _check_type(path: Path, key: str, value: Any, hint: Any) -> None:
@@ -126,3 +334,7 @@ def _override_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+if __name__ == "__main__":  # the option reference for the docs
+    print(options_markdown())

@@ -1,7 +1,7 @@
 """Sweep executors beyond this machine: one SLURM job per run (submitit), one Ray task per run.
 
 Each executor runs exactly the `clbench run` argument list of the local executor
-(`sweep.run_args`) as a child process on a worker that shares the file system with the sweep,
+(`sweep.commands.run_args`) as a child process on a worker that shares the file system with the sweep,
 so a cell's run directory is the same whichever executor ran it. Whether the child starts
 fresh or resumes is decided on the worker when it starts, from the run dir's manifest: a SLURM
 job requeued after preemption or a time limit, and a Ray task retried after a lost node, go
@@ -19,27 +19,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from cl_bench.analysis.results import MANIFEST_FILE, read_manifest
 from cl_bench.engine.config import RunConfig
 from cl_bench.errors import UserError
+from cl_bench.sweep.commands import STOP_GRACE_S, run_args, stop_process, tail
 
-STOP_GRACE_S = 20.0  # SIGINT lets the run mark itself interrupted; SIGKILL after this
 POLL_INTERVAL_S = 0.2
-TAIL_LINES = 5
 FORWARDED_ENV = ("CLBENCH_", "HF_")  # passed from the sweep to Ray workers on other nodes
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    """SIGINT first, so the run marks itself interrupted; SIGKILL if it has not stopped."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def require_extra(module: str, extra: str) -> Any:
@@ -100,8 +88,6 @@ class CellProcess:
     def start(
         cls, cfg: RunConfig, program: list[str] | None, cpus_per_run: int | None, log: IO | None
     ) -> CellProcess:
-        from cl_bench.sweep.plan import run_args
-
         command = [*(program or [sys.executable, "-m", "cl_bench.cli"]), *run_args(cfg)]
         process = subprocess.Popen(
             command,
@@ -147,11 +133,6 @@ def run_cell(
         raise
     print(f"clbench run exited with code {code}", flush=True)
     return code
-
-
-def tail(text: str, lines: int = TAIL_LINES) -> str:
-    kept = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return " / ".join(kept[-lines:])
 
 
 # ------------------------------------------------------------------------------ SLURM
@@ -235,6 +216,7 @@ class SlurmExecutor:
     slurm_logs: Path = Path("slurm-logs")
     cluster: str = "slurm"  # "local": submitit's LocalExecutor (tests, a machine without SLURM)
     program: list[str] | None = None
+    flags: ClassVar[dict[str, str]] = SLURM_FLAGS  # the arguments `clbench sweep` sets
 
     def __post_init__(self) -> None:
         submitit = require_extra("submitit", "slurm")
@@ -331,6 +313,7 @@ class RayExecutor:
     gpus_per_run: float = 0
     cpus_per_run: int | None = None
     program: list[str] | None = None
+    flags: ClassVar[dict[str, str]] = RAY_FLAGS  # the arguments `clbench sweep` sets
 
     def __post_init__(self) -> None:
         ray = require_extra("ray", "ray")

@@ -18,12 +18,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, ClassVar, Protocol
 
 from cl_bench.analysis.results import MANIFEST_FILE, SUMMARY_FILE, read_manifest
+from cl_bench.api.registry import Registry
 from cl_bench.engine.config import RunConfig
 from cl_bench.errors import RunFailed, UserError
-from cl_bench.sweep.executors import RAY_FLAGS, SLURM_FLAGS, stop_process, tail
+from cl_bench.sweep.commands import run_args, stop_process, tail
 
 
 # ------------------------------------------------------------------------------ plan
@@ -120,36 +121,6 @@ def plan_jobs(base: RunConfig, learners: list[str], seeds: list[int], out: Path)
     return jobs
 
 
-def run_args(cfg: RunConfig) -> list[str]:
-    """The `clbench run` arguments that reproduce cfg."""
-    args = ["run", "--setting", cfg.setting, "--learner", cfg.learner, "--world", cfg.world]
-    args += ["--seed", str(cfg.seed), "--out", str(cfg.out), "--device", cfg.device]
-    args += ["--precision", cfg.precision]
-    optional = {
-        "--order": cfg.order,
-        "--shots": cfg.shots,
-        "--iterations": cfg.iterations,
-        "--batch-size": cfg.batch_size,
-        "--eval-limit": cfg.eval_limit,
-        "--max-tasks": cfg.max_tasks,
-        "--threads": cfg.threads,
-        "--model": cfg.model,
-        "--pretrained": cfg.pretrained,
-        "--data-root": cfg.data_root,
-        "--split-dir": cfg.split_dir,
-        "--reference-images": cfg.reference_images,
-        "--reference-captions": cfg.reference_captions,
-    }
-    for flag, value in optional.items():
-        if value is not None:
-            args += [flag, str(value)]
-    for key in sorted(cfg.overrides):
-        args += ["--set", f"{key}={cfg.overrides[key]}"]
-    if cfg.resume:
-        args.append("--resume")
-    return args
-
-
 # ------------------------------------------------------------------------------ executors
 class Handle(Protocol):
     def poll(self) -> int | None: ...  # exit code once done, else None
@@ -158,9 +129,11 @@ class Handle(Protocol):
 
 
 class Executor(Protocol):
-    """Where runs execute. `capacity` = how many may be in flight at once."""
+    """Where runs execute. `capacity` = how many may be in flight at once; `flags` = the
+    constructor arguments `clbench sweep` sets -> their CLI options."""
 
     capacity: int
+    flags: ClassVar[dict[str, str]]
 
     def submit(self, job: Job) -> Handle: ...
 
@@ -195,6 +168,7 @@ class LocalExecutor:
 
     jobs: int = 1
     program: list[str] = field(default_factory=lambda: [sys.executable, "-m", "cl_bench.cli"])
+    flags: ClassVar[dict[str, str]] = {"jobs": "--jobs"}  # the arguments `clbench sweep` sets
 
     @property
     def capacity(self) -> int:
@@ -217,37 +191,41 @@ class LocalExecutor:
         return LocalHandle(process, log)
 
 
-# name -> (the executor class as "module:Class", its constructor arguments -> their CLI flags).
-# The cluster executors import their optional extra only when they are built.
-EXECUTORS: dict[str, tuple[str, dict[str, str]]] = {
-    "local": ("cl_bench.sweep.plan:LocalExecutor", {"jobs": "--jobs"}),
-    "slurm": ("cl_bench.sweep.executors:SlurmExecutor", SLURM_FLAGS),
-    "ray": ("cl_bench.sweep.executors:RayExecutor", RAY_FLAGS),
-}
+# name -> executor class; each class's `flags` maps its constructor arguments to the
+# `clbench sweep` options that set them. The cluster executors' module is imported only when
+# one of them is looked up, and their optional extra only when one is built.
+EXECUTORS: Registry[Executor] = Registry(
+    "executor",
+    targets={
+        "local": "cl_bench.sweep.plan:LocalExecutor",
+        "slurm": "cl_bench.sweep.executors:SlurmExecutor",
+        "ray": "cl_bench.sweep.executors:RayExecutor",
+    },
+    flag="--executor",
+    decorator="EXECUTORS.register",
+    unknown="unknown --executor {name!r}{hint}; valid: {valid}",
+    hint=" (did you mean {close}?)",
+    sort=False,
+)
 
 
 def make_executor(name: str, jobs: int | None = None, **options: Any) -> Executor:
     """The executor `name`, built from the options given to it (None = not given)."""
-    import importlib
-
     given = executor_options(name, jobs, **options)
-    module, _, cls = EXECUTORS[name][0].partition(":")
-    return getattr(importlib.import_module(module), cls)(**given)
+    return EXECUTORS.get(name)(**given)
 
 
 def executor_options(name: str, jobs: int | None = None, **options: Any) -> dict[str, Any]:
     """The options given to executor `name`, checked before anything starts: an option that
     belongs to another executor is an error, not silently ignored."""
-    if name not in EXECUTORS:
-        raise UserError(f"unknown --executor {name!r}; valid: {', '.join(EXECUTORS)}")
-    accepted = EXECUTORS[name][1]
+    accepted = EXECUTORS.get(EXECUTORS.check(name)).flags
     given = {k: v for k, v in {"jobs": jobs, **options}.items() if v is not None}
     for key in given:
-        owners = [n for n, (_, flags) in EXECUTORS.items() if key in flags]
-        if not owners:
-            raise TypeError(f"make_executor: unknown option {key!r}")
         if key not in accepted:
-            flag = EXECUTORS[owners[0]][1][key]
+            owners = [n for n in EXECUTORS if key in EXECUTORS.get(n).flags]
+            if not owners:
+                raise TypeError(f"make_executor: unknown option {key!r}")
+            flag = EXECUTORS.get(owners[0]).flags[key]
             raise UserError(
                 f"{flag} applies to --executor {' or '.join(owners)}, not {name}; "
                 f"drop {flag} or choose --executor {owners[0]}"
