@@ -4,19 +4,21 @@ Every number is recomputed from each run's accuracy.parquet with PROTOCOL.md §1
 (`results.summarize`), then aggregated over seeds (mean, sample std with ddof = 1, count).
 Costs come from the run manifests, never from typed-in values. One table compares like with
 like: runs of different worlds, backbones, settings, orders, shots or budgets are refused.
-Rendering lives in `cl_bench.analysis.leaderboard_render`; this module builds the tables.
+This module builds the tables (types in `cl_bench.analysis.tables`); rendering them as text
+lives in `cl_bench.analysis.leaderboard_render`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from cl_bench.analysis.leaderboard_render import RENDERERS
 from cl_bench.analysis.metrics import mean_std
 from cl_bench.analysis.results import (
     ACCURACY_FILE,
@@ -27,6 +29,7 @@ from cl_bench.analysis.results import (
     read_parquet,
     summarize,
 )
+from cl_bench.analysis.tables import GROUP_FIELDS, Board, Cell, Column, Row, Table
 from cl_bench.errors import UserError
 
 METRICS = ("transfer", "average", "last", "gain", "forgetting")
@@ -39,59 +42,7 @@ METRIC_TITLES = {
     "forgetting": "Forgetting",
 }
 LOWER_IS_BETTER = {"forgetting"}
-# The identity of a comparison: runs that differ in any of these never share a table.
-GROUP_FIELDS = (
-    "world",
-    "model",
-    "setting",
-    "order",
-    "shots",
-    "iterations",
-    "stream",
-    "precision",
-    "eval_limit",
-)
 FILTER_FLAGS = {"setting": "--setting", "world": "--world", "order": "--order", "shots": "--shots"}
-
-
-@dataclass(frozen=True)
-class Column:
-    """One table column: its header, how to format it, and which direction is better."""
-
-    name: str
-    unit: str = "pct"  # pct | params | seconds | mb
-    better: str | None = "high"  # high | low | None (not ranked)
-
-
-@dataclass(frozen=True)
-class Cell:
-    mean: float
-    std: float
-    n: int
-
-
-@dataclass
-class Row:
-    label: str
-    seeds: int
-    cells: list[Cell]
-    reference: bool  # a learner that never trains (zeroshot): shown, not ranked
-
-
-@dataclass
-class Table:
-    key: str  # transfer | ... | summary | holdout | cost (csv column, anchors)
-    title: str
-    columns: list[Column]
-    rows: list[Row]
-    marks: dict[tuple[int, int], str] = field(default_factory=dict)  # (row, col) -> best|second
-
-
-@dataclass
-class Board:
-    group: dict[str, Any]
-    runs: int
-    tables: list[Table]
 
 
 @dataclass
@@ -460,8 +411,6 @@ def render_leaderboard(
     shots: int | None = None,
 ) -> tuple[str, list[tuple[Path, str]]]:
     """The leaderboard text in `fmt` and the runs that were skipped, with why."""
-    from cl_bench.analysis.leaderboard_render import RENDERERS
-
     if fmt not in RENDERERS:
         raise UserError(f"unknown --format {fmt!r}; valid: {', '.join(RENDERERS)}")
     filters = {"setting": setting, "world": world, "order": order, "shots": shots}

@@ -12,7 +12,7 @@ import io
 import math
 from collections.abc import Callable
 
-from cl_bench.analysis.leaderboard import GROUP_FIELDS, Board, Cell, Column, Table
+from cl_bench.analysis.tables import GROUP_FIELDS, Board, Cell, Column, Table
 
 NOTE = (
     "Mean ± sample standard deviation (ddof = 1) over seeds; seeds = runs in the row. "
