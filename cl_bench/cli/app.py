@@ -19,7 +19,7 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exc
 
-from cl_bench.engine.config import RunConfig, cli_options, from_cli
+from cl_bench.engine.config import RunConfig, cli_options, from_cli, load_config_file
 from cl_bench.errors import RunFailed, UserError
 
 app = typer.Typer(
@@ -87,8 +87,6 @@ def config_values(options: dict[str, Any]) -> dict[str, Any]:
 def run_config(ctx: typer.Context, config: Path | None, options: dict[str, Any]) -> RunConfig:
     """`clbench run`'s RunConfig: the --config file, with flags given on the command line
     beating it, and --set items added to its [set] table. Validated."""
-    from cl_bench.engine.config import load_config_file
-
     values = load_config_file(config) if config else {}
     flags = config_values(options)
     for key, value in flags.items():

@@ -16,13 +16,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, ClassVar, Protocol
 
 from cl_bench.analysis.results import MANIFEST_FILE, SUMMARY_FILE, read_manifest
-from cl_bench.api.registry import Registry
-from cl_bench.engine.config import RunConfig
+from cl_bench.api.registry import Registry, available_learners, get_learner
+from cl_bench.engine.config import RunConfig, run_options
 from cl_bench.errors import RunFailed, UserError
 from cl_bench.sweep.commands import run_args, stop_process, tail
 
@@ -62,8 +62,6 @@ def parse_seeds(text: str) -> list[int]:
 def expand_learners(text: str) -> list[str]:
     """A comma list of learner names; `all` means every registered learner."""
     if text.strip() == "all":
-        from cl_bench.api.registry import available_learners
-
         return sorted(available_learners())
     return parse_list(text, "--learners")
 
@@ -71,9 +69,7 @@ def expand_learners(text: str) -> list[str]:
 def config_diff(old: dict, new: RunConfig) -> list[str]:
     """Identity keys that differ; a key the old run's manifest lacks had its default value
     (runs made before a RunConfig field existed stay comparable)."""
-    import dataclasses
-
-    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    defaults = {o.name: o.default for o in run_options()}
     diff = []
     for key, value in new.identity().items():
         before = old.get(key, defaults.get(key))
@@ -84,10 +80,7 @@ def config_diff(old: dict, new: RunConfig) -> list[str]:
 
 def plan_jobs(base: RunConfig, learners: list[str], seeds: list[int], out: Path) -> list[Job]:
     """Validate every cell up front (unknown learner, bad --set key, conflicting run dir)."""
-    from dataclasses import replace
-
     from cl_bench.api.hyperparameters import build_config
-    from cl_bench.api.registry import get_learner
     from cl_bench.engine.loop import default_run_dir
     from cl_bench.engine.settings import resolve_setting
 
