@@ -347,8 +347,8 @@ def run_costs(manifest: dict[str, Any]) -> dict[str, float]:
     """What one run measured: parameters, time and memory (manifest values only)."""
     tasks = manifest.get("tasks", [])
     cuda = [t["peak_cuda_mb"] for t in tasks if t.get("peak_cuda_mb") is not None]
-    rss = [manifest.get("peak_rss_mb")] + [t.get("peak_rss_mb") for t in tasks]
-    rss = [v for v in rss if v is not None]
+    reported = [manifest.get("peak_rss_mb")] + [t.get("peak_rss_mb") for t in tasks]
+    rss = [v for v in reported if v is not None]
     return {
         "trainable": float(max((t.get("trainable_parameters") or 0 for t in tasks), default=0)),
         "extra_inference": float(manifest.get("extra_inference_parameters", np.nan)),

@@ -5,6 +5,7 @@ Unknown or missing keys are errors: in a benchmark a typo must not become a sile
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import sys
 from dataclasses import dataclass
@@ -34,16 +35,37 @@ OPTIONAL = {"datasets", "orders", "few_shot_iterations", "real", "toy"}
 
 
 def tasks_dir() -> Path:
-    """The `tasks/` data directory: $CLBENCH_TASKS_DIR, else the one beside the package."""
+    """The `tasks/` data directory.
+
+    $CLBENCH_TASKS_DIR when set; else the data package `cl_bench.tasks` (the repository's
+    top-level tasks/ folder, shipped inside the wheel and mapped there by an editable install);
+    else tasks/ beside the package in a checkout whose editable install predates that mapping.
+    """
     env = os.environ.get("CLBENCH_TASKS_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / "tasks")
-    for path in candidates:
-        if (path / "settings").is_dir():
+    if env:
+        if (Path(env) / "settings").is_dir():
+            return Path(env)
+        raise UserError(
+            f"CLBENCH_TASKS_DIR={env} has no settings/ folder; point it at a tasks/ directory or unset it"
+        )
+    for path in (_packaged_tasks_dir(), Path(__file__).resolve().parents[2] / "tasks"):
+        if path is not None and (path / "settings").is_dir():
             return path
     raise UserError(
-        "cannot find the tasks/ directory; install cl-bench from a checkout (pip install -e .) or set CLBENCH_TASKS_DIR"
+        "cannot find the tasks/ directory (the data package cl_bench.tasks); reinstall cl-bench (pip install -e . in a checkout) or set CLBENCH_TASKS_DIR"
     )
+
+
+def _packaged_tasks_dir() -> Path | None:
+    """The folder of the `cl_bench.tasks` data package, or None when it is not installed."""
+    try:
+        root = importlib.resources.files("cl_bench.tasks")
+    except ModuleNotFoundError:
+        return None
+    # A namespace package (tasks/ has no __init__.py) gives a MultiplexedPath, not a Path:
+    # its children are real paths on disk.
+    settings = root.joinpath("settings")
+    return Path(str(settings)).parent if settings.is_dir() else None
 
 
 def read_toml(path: Path) -> dict[str, Any]:

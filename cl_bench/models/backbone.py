@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +23,8 @@ class Backbone:
     @property
     def width(self) -> int:
         """Transformer width of the vision tower (LoRA ranks scale with it)."""
-        return int(self.model.visual.transformer.width)
+        visual: Any = self.model.visual  # open_clip towers: attributes nn.Module cannot type
+        return int(visual.transformer.width)
 
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """[B, H, W, 3] uint8 -> [B, 3, H, W] float, normalized with the model's mean/std."""

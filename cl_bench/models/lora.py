@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -57,8 +57,9 @@ class Site:
 
 
 def _resblocks(model: nn.Module, encoder: str) -> Sequence[nn.Module]:
-    tower = model.visual.transformer if encoder == "vision" else model.transformer
-    return tower.resblocks
+    clip: Any = model  # open_clip's towers: attributes nn.Module cannot type
+    tower = clip.visual.transformer if encoder == "vision" else clip.transformer
+    return cast(Sequence[nn.Module], tower.resblocks)
 
 
 def find_sites(model: nn.Module, encoders: Sequence[str], kinds: Sequence[str]) -> list[Site]:
@@ -73,6 +74,7 @@ def find_sites(model: nn.Module, encoders: Sequence[str], kinds: Sequence[str]) 
     for encoder in ENCODERS:
         if encoder not in encoders:
             continue
+        block: Any
         for layer, block in enumerate(_resblocks(model, encoder)):
             attn = block.attn
             if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
@@ -143,6 +145,7 @@ class LowRankBlock(nn.Module):
     def gate(self) -> torch.Tensor:
         """Hard gate I_τ(s) in the forward; identity gradient to s (straight-through)."""
         s = self.gate_score
+        assert s is not None, "gate() needs the gated variant"
         hard = (s >= self.gate_threshold).to(s.dtype)
         return hard + s - s.detach()
 
@@ -178,17 +181,20 @@ class WeightDelta(nn.Module):
         self.blocks[key] = block
         self.rows[key] = (row_start, row_stop)
 
+    def _block(self, key: str) -> LowRankBlock:
+        return cast(LowRankBlock, self.blocks[key])
+
     def delta(self) -> torch.Tensor:
         """The full-tensor ΔW in fp32 (zero rows where no block is attached)."""
         covered = sorted(self.rows.items(), key=lambda kv: kv[1][0])
         if len(covered) == 1 and covered[0][1] == (0, self.shape[0]):
-            return self.blocks[covered[0][0]].delta()
+            return self._block(covered[0][0]).delta()
         device = next(self.blocks.parameters()).device
         parts, cursor = [], 0
         for key, (start, stop) in covered:
             if start > cursor:
                 parts.append(torch.zeros(start - cursor, self.shape[1], device=device))
-            parts.append(self.blocks[key].delta())
+            parts.append(self._block(key).delta())
             cursor = stop
         if cursor < self.shape[0]:
             parts.append(torch.zeros(self.shape[0] - cursor, self.shape[1], device=device))
@@ -275,7 +281,8 @@ class LoRAAdapter:
         if self.merged:
             raise RuntimeError("this adapter was already merged")
         for module, name, delta in self._parametrizations.values():
-            new_weight = module.parametrizations[name].original.float() + delta.delta().float()
+            parametrized: Any = module.parametrizations
+            new_weight = parametrized[name].original.float() + delta.delta().float()
             parametrize.remove_parametrizations(module, name, leave_parametrized=False)
             getattr(module, name).copy_(new_weight.to(getattr(module, name).dtype))
         self.merged = True

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -146,7 +146,8 @@ def redundancy_penalty(
     blocks: Iterable[torch.nn.Module], form: str, kernel_gamma: float = 1.0
 ) -> torch.Tensor:
     """Mean block redundancy over LoRA blocks (anything with `lora_A` [r, d_in], `lora_B` [d_out, r])."""
-    values = [block_redundancy(b.lora_A, b.lora_B, form, kernel_gamma) for b in blocks]
+    typed: Iterable[Any] = blocks  # lora_A / lora_B are attributes nn.Module cannot type
+    values = [block_redundancy(b.lora_A, b.lora_B, form, kernel_gamma) for b in typed]
     if not values:
         raise UserError("the redundancy regulariser found no LoRA blocks; attach an adapter first")
     return torch.stack(values).mean()

@@ -70,7 +70,9 @@ def read_split_file(path: Path, part: str, num_classes: int, data_root: Path) ->
     if part not in raw:
         raise UserError(f"split file {path} has no {part!r} list (keys: {sorted(raw)})")
     base = data_root / raw.get("image_root", "")
-    ids, labels, names = [], [], {}
+    ids: list[str] = []
+    labels: list[int] = []
+    names: dict[int, str] = {}
     for entry in raw[part]:
         if not (isinstance(entry, list) and len(entry) == 3):
             raise UserError(

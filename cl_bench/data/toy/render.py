@@ -11,6 +11,7 @@ Everything is numpy on whole batches; no per-image Python loops.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,7 +78,7 @@ def _hsv_colours(
     return rgb.astype(np.float32)
 
 
-def make_class_bank(spec: DomainSpec, seed: int, size: int) -> ClassBank:
+def make_class_bank(spec: DomainSpec, seed: int | Sequence[int], size: int) -> ClassBank:
     """Class attributes; fine-grained groups share a base shape/colour, composite names compose."""
     rng = np.random.default_rng(seed)
     c = len(spec.classnames)
@@ -221,8 +222,8 @@ def _shift(
 ) -> np.ndarray:
     """Gather each image's class field with a random integer translation (wrap-around)."""
     n, size = labels.shape[0], fields.shape[-1]
-    dy = rng.integers(-max_px, max_px + 1, n)
-    dx = rng.integers(-max_px, max_px + 1, n)
+    dy = rng.integers(-max_px, max_px + 1, (n,))
+    dx = rng.integers(-max_px, max_px + 1, (n,))
     ar = np.arange(size)
     rows = (ar[None, :] - dy[:, None]) % size
     cols = (ar[None, :] - dx[:, None]) % size
@@ -254,7 +255,7 @@ def _render_style(
 ) -> np.ndarray:
     n, size = labels.shape[0], bank.fields.shape[-1]
     yy, xx = _grid(size)
-    phase = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
+    phase = rng.uniform(0, 2 * np.pi, (n,)).astype(np.float32)
     bright = rng.uniform(0.88, 1.12, (n, 1, 1, 1)).astype(np.float32)
     bg = _background(style, rng, n, size)
     col_a = _object_colour(style, bank.colours[labels])[:, None, None, :]

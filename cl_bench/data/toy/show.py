@@ -60,15 +60,17 @@ def show_grid(
             from cl_bench.data.toy.render import render
 
             rng = np.random.default_rng(0)
-            imgs = render(
+            generic = render(
                 dist.specs[d], dist.banks[d], classes, np.zeros(len(classes), dtype=bool), rng
             )
-            rows.append((f"{name}\n(generic)", list(imgs), [info.classnames[c] for c in classes]))
+            rows.append(
+                (f"{name}\n(generic)", list(generic), [info.classnames[c] for c in classes])
+            )
     fig, axes = plt.subplots(len(rows), per_domain, figsize=(per_domain * 1.15, len(rows) * 1.35))
-    axes = np.atleast_2d(axes)
+    grid = np.atleast_2d(axes)
     for r, (name, imgs, caps) in enumerate(rows):
         for c in range(per_domain):
-            ax = axes[r, c]
+            ax = grid[r, c]
             ax.imshow(imgs[c], interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
