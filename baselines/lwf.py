@@ -29,17 +29,16 @@ no-grad image forward per step. Nothing persists across tasks beyond the model i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from cl_bench_baselines._common import clip_distillation, frozen_copy
 from cl_bench_baselines.finetune import Finetune
 
 from cl_bench.api.collectives import gather_batch
 from cl_bench.api.learner import Batch, StepInfo, Task
-from cl_bench.api.losses import clip_features, contrastive_loss
 from cl_bench.api.registry import register_learner
+from cl_bench.api.toolkit import clip_distillation, clip_features, contrastive_loss, frozen_copy
 
 
 @register_learner("lwf")
@@ -76,7 +75,7 @@ class LwF(Finetune):
         teacher_logits, student_logits = gather_batch(teacher_logits, student_logits)
         return clip_distillation(teacher_logits, student_logits, self.cfg.temperature)
 
-    def train_step(self, batch: Batch, step: StepInfo) -> dict[str, float]:
+    def loss(self, batch: Batch, step: StepInfo) -> tuple[torch.Tensor, dict[str, Any]]:
         image_features, text_features = clip_features(self.model, batch.images, batch.text_tokens)
         logits = self.model.logit_scale.exp() * image_features @ text_features.T
         task_loss = contrastive_loss(logits, batch.labels, self.cfg.label_smoothing)
@@ -86,12 +85,7 @@ class LwF(Finetune):
             + self.cfg.image_to_text_weight * image_to_text
             + self.cfg.text_to_image_weight * text_to_image
         )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
-        return {
-            "loss": loss.detach(),
+        return loss, {
             "task_loss": task_loss.detach(),
             "distill_i2t": image_to_text.detach(),
             "distill_t2i": text_to_image.detach(),

@@ -45,37 +45,28 @@ than storing a second full model in every checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from cl_bench_baselines._common import (
+from cl_bench_baselines.finetune import Finetune
+
+from cl_bench.api.learner import Batch, StepInfo, Task
+from cl_bench.api.registry import register_learner
+from cl_bench.api.toolkit import (
     clip_distillation,
+    clip_logits,
+    contrastive_loss,
     copy_weights_,
     frozen_copy,
     running_average_,
     squared_distance,
+    weights_fingerprint,
 )
-from cl_bench_baselines.finetune import Finetune
-from torch import nn
-
-from cl_bench.api.learner import Batch, StepInfo, Task
-from cl_bench.api.losses import clip_logits, contrastive_loss
-from cl_bench.api.registry import register_learner
 from cl_bench.errors import UserError
 
 TEXT_CHUNK = 256  # captions encoded per forward when caching the teacher's embeddings
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """sha256 over parameter names and values: identifies the zero-shot weights."""
-    h = hashlib.sha256()
-    for name, param in model.named_parameters():
-        h.update(name.encode())
-        h.update(param.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def ensemble_period_steps(total_steps: int, fraction: float) -> int:
@@ -90,6 +81,7 @@ def is_merge_step(step: int, total_steps: int, period: int) -> bool:
 
 @register_learner("zscl")
 class ZSCL(Finetune):
+    requires = frozenset({"reference_data"})
     description = "ZSCL: distillation from the zero-shot model on reference data + L2 to task start + weight ensemble"
 
     @dataclass
@@ -189,7 +181,7 @@ class ZSCL(Finetune):
         student_logits = self.model.logit_scale.exp() * student_image @ student_text.T
         return clip_distillation(teacher_logits, student_logits, self.cfg.temperature)
 
-    def train_step(self, batch: Batch, step: StepInfo) -> dict[str, float]:
+    def loss(self, batch: Batch, step: StepInfo) -> tuple[torch.Tensor, dict[str, Any]]:
         logits = clip_logits(self.model, batch.images, batch.text_tokens)
         task_loss = contrastive_loss(logits, batch.labels, self.cfg.label_smoothing)
         image_to_text, text_to_image = self.zeroshot_distillation(self._next_reference_batch())
@@ -207,14 +199,13 @@ class ZSCL(Finetune):
             l2 = squared_distance(self.model, self.anchor)
             loss = loss + self.cfg.l2_weight * l2
             scalars["l2"] = l2.detach()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
+        return loss, scalars
+
+    def after_step(self, step: StepInfo) -> None:
+        """The weight ensemble folds in the weights just stepped to (ZSCL's ``merge_we``)."""
         if is_merge_step(step.step, step.total_steps, self.period):
             self.ensemble_count += 1
             running_average_(self.ensemble, self.model, self.ensemble_count)
-        return {"loss": loss.detach(), **scalars}
 
     def end_task(self, task: Task) -> None:
         copy_weights_(self.model, self.ensemble)  # the next task starts from the average

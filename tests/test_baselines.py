@@ -8,21 +8,22 @@ from importlib.metadata import entry_points
 import pytest
 import torch
 import torch.nn.functional as F
-from cl_bench_baselines._common import (
-    clip_distillation,
-    running_average_,
-    soft_cross_entropy,
-    squared_distance,
-)
 from cl_bench_baselines.lwf import LwF
 from cl_bench_baselines.wiseft import WiSEFT
 from cl_bench_baselines.zscl import ZSCL, is_merge_step
+from learner_steps import steps
 
 from cl_bench.api.context import RunContext
 from cl_bench.api.hyperparameters import build_config
 from cl_bench.api.learner import Batch, StepInfo, Task
-from cl_bench.api.losses import clip_features
 from cl_bench.api.registry import available_learners, get_learner
+from cl_bench.api.toolkit import (
+    clip_distillation,
+    clip_features,
+    running_average_,
+    soft_cross_entropy,
+    squared_distance,
+)
 from cl_bench.errors import UserError
 from cl_bench.models.tiny import random_tiny_clip
 
@@ -132,13 +133,13 @@ def test_running_average_matches_hand_computed_mean():
 def test_lwf_distillation_zero_for_teacher_positive_after_drift_and_grads_only_in_student():
     learner, backbone = build(LwF)
     task = make_task(backbone)
-    learner.begin_task(task)
+    steps(learner).begin(task)
     batch = make_batch(task)
     img, txt = clip_features(learner.model, batch.images, batch.text_tokens)
     i2t, t2i = learner.distillation(batch, img, txt)
     assert i2t.item() == pytest.approx(0.0, abs=1e-5) and t2i.item() == pytest.approx(0.0, abs=1e-5)
 
-    learner.train_step(batch, StepInfo(0, 4, 0, 2))  # the student moves, the teacher does not
+    steps(learner).step(batch, StepInfo(0, 4, 0, 2))  # the student moves, the teacher does not
     img, txt = clip_features(learner.model, batch.images, batch.text_tokens)
     i2t, t2i = learner.distillation(batch, img, txt)
     assert i2t.item() > 1e-6 and t2i.item() > 1e-6
@@ -155,8 +156,8 @@ def test_lwf_distillation_zero_for_teacher_positive_after_drift_and_grads_only_i
 def test_lwf_student_text_features_option_distills_the_text_encoder():
     learner, backbone = build(LwF, {"student_text_features": "student"})
     task = make_task(backbone)
-    learner.begin_task(task)
-    learner.train_step(make_batch(task), StepInfo(0, 4, 0, 2))
+    steps(learner).begin(task)
+    steps(learner).step(make_batch(task), StepInfo(0, 4, 0, 2))
     batch = make_batch(task, seed=1)
     learner.model.zero_grad(set_to_none=True)
     img, txt = clip_features(learner.model, batch.images, batch.text_tokens)
@@ -171,13 +172,13 @@ def test_lwf_student_text_features_option_distills_the_text_encoder():
 def test_wiseft_interpolation_matches_formula(alpha):
     learner, backbone = build(WiSEFT, {"alpha": str(alpha)})
     task = make_task(backbone)
-    learner.begin_task(task)
+    steps(learner).begin(task)
     before = params(learner.model)
     for s in range(3):
-        learner.train_step(make_batch(task, s), StepInfo(s, 3, 0, 2))
+        steps(learner).step(make_batch(task, s), StepInfo(s, 3, 0, 2))
     finetuned = params(learner.model)
     assert any(not torch.equal(before[n], finetuned[n]) for n in before)
-    learner.end_task(task)
+    steps(learner).end(task)
     for name, p in learner.model.named_parameters():
         expected = alpha * finetuned[name] + (1 - alpha) * before[name]
         assert torch.allclose(p, expected, atol=1e-6), name
@@ -201,14 +202,14 @@ def test_zscl_merge_steps_follow_the_period_and_end_on_the_final_step():
 def test_zscl_ensemble_is_running_average_of_task_start_and_merge_snapshots():
     learner, backbone = build(ZSCL, {"ensemble_period_fraction": "0.4"})  # 5 steps -> period 2
     task = make_task(backbone, iterations=5)
-    learner.begin_task(task)
+    steps(learner).begin(task)
     assert learner.period == 2 and learner.ctx.derived["zscl.ensemble_period_steps"] == 2
     snapshots = [params(learner.model)]  # task start
     for s in range(5):
-        learner.train_step(make_batch(task, s), StepInfo(s, 5, 0, 2))
+        steps(learner).step(make_batch(task, s), StepInfo(s, 5, 0, 2))
         if s in (0, 2, 4):
             snapshots.append(params(learner.model))
-    learner.end_task(task)
+    steps(learner).end(task)
     for name, p in learner.model.named_parameters():
         expected = torch.stack([snap[name] for snap in snapshots]).mean(0)
         assert torch.allclose(p, expected, atol=1e-6), name
@@ -217,13 +218,13 @@ def test_zscl_ensemble_is_running_average_of_task_start_and_merge_snapshots():
 def test_zscl_l2_logged_equals_explicit_sum_to_task_start_weights():
     learner, backbone = build(ZSCL)
     task = make_task(backbone)
-    learner.begin_task(task)
+    steps(learner).begin(task)
     start = params(learner.model)
-    first = learner.train_step(make_batch(task, 0), StepInfo(0, 4, 0, 2))
+    first = steps(learner).step(make_batch(task, 0), StepInfo(0, 4, 0, 2))
     assert float(first["l2"]) == 0.0
     moved = params(learner.model)
     explicit = sum(float(((moved[n] - start[n]) ** 2).sum()) for n in start)
-    second = learner.train_step(make_batch(task, 1), StepInfo(1, 4, 0, 2))
+    second = steps(learner).step(make_batch(task, 1), StepInfo(1, 4, 0, 2))
     assert explicit > 0 and float(second["l2"]) == pytest.approx(explicit, rel=1e-4)
 
 
@@ -232,15 +233,15 @@ def test_zscl_distillation_targets_the_zero_shot_model_across_tasks():
     zeroshot = params(backbone.model)
     for t in range(2):
         task = make_task(backbone, iterations=3, index=t)
-        learner.begin_task(task)
+        steps(learner).begin(task)
         i2t, t2i = learner.zeroshot_distillation(learner.reference_pool[:4])
         if t == 0:  # the model is still the zero-shot model: nothing to distill
             assert abs(i2t.item()) < 1e-5 and abs(t2i.item()) < 1e-5
         else:  # the teacher stayed zero-shot while the model moved
             assert i2t.item() > 1e-6
         for s in range(3):
-            learner.train_step(make_batch(task, s), StepInfo(s, 3, t, 2))
-        learner.end_task(task)
+            steps(learner).step(make_batch(task, s), StepInfo(s, 3, t, 2))
+        steps(learner).end(task)
     for name, p in learner.zeroshot.named_parameters():
         assert torch.equal(p, zeroshot[name]), name
 
@@ -248,16 +249,16 @@ def test_zscl_distillation_targets_the_zero_shot_model_across_tasks():
 def test_zscl_missing_reference_data_is_a_user_error_naming_the_option():
     learner, backbone = build(ZSCL, with_reference=False)
     with pytest.raises(UserError, match="zscl needs reference.*--reference"):
-        learner.begin_task(make_task(backbone))
+        steps(learner).begin(make_task(backbone))
 
 
 def test_zscl_state_dict_round_trips_and_refuses_other_zero_shot_weights():
     learner, backbone = build(ZSCL)
     task = make_task(backbone, iterations=2)
-    learner.begin_task(task)
+    steps(learner).begin(task)
     for s in range(2):
-        learner.train_step(make_batch(task, s), StepInfo(s, 2, 0, 2))
-    learner.end_task(task)
+        steps(learner).step(make_batch(task, s), StepInfo(s, 2, 0, 2))
+    steps(learner).end(task)
     state = learner.state_dict()
     fresh, _ = build(ZSCL)
     fresh.load_state_dict(state)
@@ -289,14 +290,14 @@ def test_each_baseline_trains_two_tasks_on_a_tiny_model(name):
     start = params(learner.model)
     for t in range(2):
         task = make_task(backbone, iterations=2, index=t)
-        learner.begin_task(task)
+        steps(learner).begin(task)
         for s in range(2):
-            scalars = learner.train_step(make_batch(task, 10 * t + s), StepInfo(s, 2, t, 2))
+            scalars = steps(learner).step(make_batch(task, 10 * t + s), StepInfo(s, 2, t, 2))
             assert all(torch.isfinite(torch.as_tensor(v)) for v in scalars.values()), scalars
-        learner.end_task(task)
+        steps(learner).end(task)
     assert any(not torch.equal(start[n], p) for n, p in learner.model.named_parameters())
     assert learner.model.logit_scale.item() == pytest.approx(start["logit_scale"].item())
-    assert learner.trainable_parameter_count() > 0
+    assert steps(learner).trainable_parameters > 0
 
 
 @pytest.mark.parametrize("name", sorted(BASELINES))

@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from cl_bench.api.losses import contrastive_loss
+from cl_bench.api.toolkit import contrastive_loss
 from cl_bench.data.world import ImageSet
 from cl_bench.engine.distributed import Distributed, gather_batch
 from cl_bench.errors import UserError

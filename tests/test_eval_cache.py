@@ -15,8 +15,8 @@ import torch
 from fakeworld import FakeWorld
 
 from cl_bench.api.learner import Batch, Learner, StepInfo
-from cl_bench.api.losses import clip_logits, contrastive_loss
 from cl_bench.api.registry import register_learner
+from cl_bench.api.toolkit import clip_logits, contrastive_loss
 from cl_bench.engine.config import RunConfig
 from cl_bench.engine.evaluator import TEXT_CHUNK, EvalCache, evaluate_all
 from cl_bench.engine.loop import Engine
@@ -180,12 +180,11 @@ def _engine_eval_counts(tmp_path, learner: str) -> tuple[list[tuple[int, int, in
     per_eval: list[tuple[int, int, int]] = []
     original = engine._evaluate
 
-    def counted(learner_obj, backbone, infos, test_sets, after_task, name):
+    def counted(parts, after_task, name):
         if not hasattr(engine, "_counter"):
-            engine._counter = Counter(backbone.model)
-        rows = original(learner_obj, backbone, infos, test_sets, after_task, name)
+            engine._counter = Counter(parts.backbone.model)
+        original(parts, after_task, name)
         per_eval.append(engine._counter.reset())
-        return rows
 
     engine._evaluate = counted
     engine.run()

@@ -7,15 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from fakeworld import FakeWorld
+from learner_steps import steps
 from torch.nn.utils import parametrize
 
 from cl_bench.api.context import RunContext
 from cl_bench.api.hyperparameters import build_config
 from cl_bench.api.learner import Task
 from cl_bench.api.registry import get_learner
-from cl_bench.engine.config import RunConfig
-from cl_bench.engine.loop import Engine
 from cl_bench.errors import UserError
 from cl_bench.learners.drslora import (
     DRSLoRA,
@@ -98,13 +96,13 @@ def test_budget_scaling_takes_codyras_500_iterations_not_the_settings_budget() -
     backbone = Backbone(tiny_model(), lambda t: t, 32, (0.5,) * 3, (0.5,) * 3, "tiny", "random")
     ctx = make_ctx(backbone.width, task_agnostic=False, paper_iterations=1000)
     drslora = DRSLoRA(backbone, DRSLoRA.Config(), ctx)
-    drslora.begin_task(make_task(80))
+    steps(drslora).begin(make_task(80))
     facts = ctx.derived["drslora.kappa"]
     assert facts["kappa_total"] == pytest.approx(MTIL_TOTAL)
     assert facts["kappa_total_paper"] == pytest.approx(MTIL_TOTAL)
     other = Backbone(tiny_model(), lambda t: t, 32, (0.5,) * 3, (0.5,) * 3, "tiny", "random")
     gated = GatedLoRA(other, GatedLoRA.Config(), ctx)
-    gated.begin_task(make_task(80))
+    steps(gated).begin(make_task(80))
     assert ctx.derived["gated_lora.score_lr"] == pytest.approx(5e-4 * 500 / 80)
 
 
@@ -153,8 +151,8 @@ def test_drslora_trainable_parameters_on_vit_b16() -> None:
     ctx = make_ctx(backbone.width, world="real")
     learner = DRSLoRA(backbone, DRSLoRA.Config(), ctx)
     assert learner.rank == 16
-    learner.begin_task(make_task(500))
-    assert learner.trainable_parameter_count() == 4_425_984  # CoDyRA reports 4.4M
+    steps(learner).begin(make_task(500))
+    assert steps(learner).trainable_parameters == 4_425_984  # CoDyRA reports 4.4M
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 4_425_984
     assert ctx.derived["drslora.kappa_schedule"] == "official" and ctx.derived["drslora.kappa"][
         "kappa_total"
@@ -207,38 +205,15 @@ def test_bad_targets_are_user_errors() -> None:
         DRSLoRA(backbone, build_config(DRSLoRA, {"dense_fraction": "1.5"}), make_ctx(32))
 
 
-def run_learner(
-    tmp_path,
-    learner: str,
-    overrides: dict[str, str] | None = None,
-    setting: str = "xtail",
-    iterations: int = 12,
-) -> Engine:
-    cfg = RunConfig(
-        setting=setting,
-        learner=learner,
-        world="toy",
-        iterations=iterations,
-        batch_size=8,
-        seed=0,
-        out=str(tmp_path / learner),
-        max_tasks=2,
-        eval_limit=12,
-        overrides=overrides or {},
-    )
-    engine = Engine(cfg, world=FakeWorld())
-    engine.run()
-    return engine
-
-
 @pytest.mark.parametrize("learner", ["lora", "drslora", "gated_lora"])
-def test_short_run_learns_and_merges_cleanly(tmp_path, learner: str) -> None:
+def test_short_run_learns_and_merges_cleanly(tiny_run, fake_base_model, learner: str) -> None:
     overrides = {"lr": "5e-3"} | (
         {"score_lr_budget_scaling": "false"} if learner == "gated_lora" else {}
     )
-    engine = run_learner(tmp_path, learner, overrides)  # unscaled scores: gates stay open 12 steps
+    # unscaled scores: gates stay open 12 steps
+    engine = tiny_run(learner, overrides, iterations=12)
     model = engine.learner.model
-    base = FakeWorld().backbone(torch.device("cpu")).model
+    base = fake_base_model
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters())
     assert set(model.state_dict()) == set(base.state_dict())
     assert not any(parametrize.is_parametrized(m) for m in model.modules())
@@ -264,8 +239,8 @@ def test_short_run_learns_and_merges_cleanly(tmp_path, learner: str) -> None:
     assert not rows0.equals(rows2)  # training changed the predictions
 
 
-def test_drslora_prunes_and_records_ranks(tmp_path) -> None:
-    engine = run_learner(tmp_path, "drslora", {"lr": "5e-3", "kappa_max": "0.2"}, setting="mtil")
+def test_drslora_prunes_and_records_ranks(tiny_run) -> None:
+    engine = tiny_run("drslora", {"lr": "5e-3", "kappa_max": "0.2"}, setting="mtil", iterations=12)
     ranks = pd.read_parquet(engine.run_dir / "ranks.parquet")
     assert set(ranks.columns) >= {
         "after_task",
@@ -288,8 +263,8 @@ def test_drslora_prunes_and_records_ranks(tmp_path) -> None:
     assert set(derived["drslora.surviving_fraction_per_task"]) == {"aircraft", "caltech101"}
 
 
-def test_gated_lora_records_gates(tmp_path) -> None:
-    engine = run_learner(tmp_path, "gated_lora", {"lr": "5e-3"})
+def test_gated_lora_records_gates(tiny_run) -> None:
+    engine = tiny_run("gated_lora", {"lr": "5e-3"}, iterations=12)
     gates = pd.read_parquet(engine.run_dir / "gates.parquet")
     assert len(gates) == 2 * 12 and set(gates.columns) >= {
         "after_task",

@@ -9,13 +9,11 @@ import math
 import pandas as pd
 import pytest
 import torch
-from fakeworld import FakeWorld
+from learner_steps import steps
 from torch.nn.utils import parametrize
 
 from cl_bench.api.hyperparameters import build_config
 from cl_bench.api.registry import get_learner
-from cl_bench.engine.config import RunConfig
-from cl_bench.engine.loop import Engine
 from cl_bench.errors import UserError
 from cl_bench.learners.resora import ReSoRA
 from cl_bench.models.lora import LowRankBlock
@@ -158,37 +156,21 @@ def test_learner_config_and_registry() -> None:
         build_config(ReSoRA, {"redundancy": "cubic"})
 
 
-def run(tmp_path, learner: str, overrides: dict[str, str]) -> Engine:
-    cfg = RunConfig(
-        setting="xtail",
-        learner=learner,
-        world="toy",
-        iterations=6,
-        batch_size=8,
-        seed=0,
-        out=str(tmp_path / learner),
-        max_tasks=2,
-        eval_limit=12,
-        overrides=overrides,
-    )
-    engine = Engine(cfg, world=FakeWorld())
-    engine.run()
-    return engine
-
-
-def test_resora_trains_logs_the_term_and_merges(tmp_path) -> None:
-    engine = run(tmp_path, "resora", {"lr": "5e-3", "redundancy_weight": "5"})
+def test_resora_trains_logs_the_term_and_merges(tmp_path, tiny_run, fake_base_model) -> None:
+    engine = tiny_run("resora", {"lr": "5e-3", "redundancy_weight": "5"})
     model = engine.learner.model
     assert not any(parametrize.is_parametrized(m) for m in model.modules())
-    base = FakeWorld().backbone(torch.device("cpu")).model
+    base = fake_base_model
     assert set(model.state_dict()) == set(base.state_dict())
     assert engine.manifest["status"] == "finished"
     log = pd.read_parquet(engine.run_dir / "train_log.parquet")
     assert "redundancy" in log and log["redundancy"].between(0.0, 1.0).all()
     assert (log["redundancy"] > 0).any()
     # weight 0 is plain lora exactly: same seed, same data, same final weights
-    zero = run(tmp_path / "zero", "resora", {"lr": "5e-3", "redundancy_weight": "0"})
-    plain = run(tmp_path / "plain", "lora", {"lr": "5e-3"})
+    zero = tiny_run(
+        "resora", {"lr": "5e-3", "redundancy_weight": "0"}, out=tmp_path / "zero" / "resora"
+    )
+    plain = tiny_run("lora", {"lr": "5e-3"}, out=tmp_path / "plain" / "lora")
     for name, p in plain.learner.model.named_parameters():
         assert torch.equal(p, zero.learner.model.get_parameter(name)), name
     assert not torch.equal(
@@ -212,11 +194,11 @@ def test_any_lora_family_learner_can_switch_the_term_on(learner: str) -> None:
         instance = cls(backbone, build_config(cls, overrides), ctx)
         tokens = backbone.tokenizer(["a photo of a cat.", "a photo of a dog."])
         task = Task(0, "aircraft", ("cat", "dog"), ("", ""), tokens, 4, 4, 10)
-        instance.begin_task(task)
+        steps(instance).begin(task)
         images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
         batch = Batch(images, torch.tensor([0, 1, 0, 1]), tokens, 0)
-        instance.train_step(batch, StepInfo(0, 4, 0, 10))  # B leaves 0
-        return instance.train_step(batch, StepInfo(1, 4, 0, 10))
+        steps(instance).step(batch, StepInfo(0, 4, 0, 10))  # B leaves 0
+        return steps(instance).step(batch, StepInfo(1, 4, 0, 10))
 
     assert "redundancy" not in one_step({})  # off by default
     on = one_step({"redundancy": "kernel", "redundancy_weight": "0.5"})

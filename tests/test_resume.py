@@ -55,21 +55,22 @@ def _install_kill(spec: str) -> None:
 
     kind, *args = spec.split(":") if spec else [""]
     state = {"after_task": 0, "writes": 0, "batches": 0}
-    original_step, original_begin, original_end = (
-        Finetune.train_step,
+    original_loss, original_begin, original_end = (
+        Finetune.loss,
         Finetune.begin_task,
         Finetune.end_task,
     )
 
-    def train_step(self, batch, step):
+    def loss(self, batch, step):
         # Noise augmentation from all three global RNGs: resume must restore each of them.
         noise = torch.randn_like(batch.images) * 0.05 * (1.0 + random.random())
         noise = noise * float(np.random.uniform(0.5, 1.5))
         batch.images = batch.images + noise
-        out = original_step(self, batch, step)
+        return original_loss(self, batch, step)
+
+    def after_step(self, step):
         if kind == "step" and (step.task_index + 1, step.step + 1) == (int(args[0]), int(args[1])):
             _kill()
-        return out
 
     def begin_task(self, task):
         if kind == "begin" and task.index + 1 == int(args[0]):
@@ -80,7 +81,8 @@ def _install_kill(spec: str) -> None:
         original_end(self, task)
         state["after_task"] = task.index + 1
 
-    Finetune.train_step, Finetune.begin_task, Finetune.end_task = train_step, begin_task, end_task
+    Finetune.loss, Finetune.after_step = loss, after_step
+    Finetune.begin_task, Finetune.end_task = begin_task, end_task
 
     if kind == "eval":
         original_eval = cl_bench.engine.loop.evaluate_all
@@ -371,7 +373,7 @@ def test_a_finished_run_dir_is_never_overwritten_silently(one_task_run: Path) ->
 
 def test_force_restart_clears_the_old_checkpoint_and_tables(one_task_run: Path) -> None:
     """An old checkpoint must not leak into a forced fresh run (it would be resumed later)."""
-    Engine(_cfg(one_task_run, max_tasks=1, force=True), world=FakeWorld())._clear_outputs()
+    Engine(_cfg(one_task_run, max_tasks=1, force=True), world=FakeWorld()).directory.clear_outputs()
     assert not (one_task_run / "checkpoint").exists()
     assert not (one_task_run / "accuracy.parquet").exists()
     assert not (one_task_run / "train_log.parquet").exists()
@@ -395,11 +397,11 @@ from cl_bench_baselines.finetune import Finetune
 
 
 class NanAtTask2(Finetune):
-    def train_step(self, batch, step):
-        out = super().train_step(batch, step)
+    def loss(self, batch, step):
+        loss, scalars = super().loss(batch, step)
         if step.task_index == 1 and step.step == 2:
-            return {"loss": float("nan")}
-        return out
+            return loss * float("nan"), scalars
+        return loss, scalars
 """
 
 
@@ -421,15 +423,17 @@ def test_non_finite_loss_stops_naming_task_and_step_and_keeps_completed_tasks(
     assert load_checkpoint(out)[1] == 1  # resumable from the last completed task
 
 
-def test_train_step_returning_no_dict_is_a_clear_error(tmp_path: Path) -> None:
+def test_loss_returning_no_pair_is_a_clear_error(tmp_path: Path) -> None:
     learner_file = tmp_path / "bad_learner.py"
     learner_file.write_text(
         "from cl_bench_baselines.finetune import Finetune\n"
         "class ReturnsLoss(Finetune):\n"
-        "    def train_step(self, batch, step):\n"
-        "        return super().train_step(batch, step)['loss']\n"
+        "    def loss(self, batch, step):\n"
+        "        return super().loss(batch, step)[0]\n"
     )
-    with pytest.raises(UserError, match="train_step returned a Tensor; return a dict of scalars"):
+    with pytest.raises(
+        UserError, match=r"ReturnsLoss.loss returned a Tensor; return \(loss, \{scalars\}\)"
+    ):
         _run(_cfg(tmp_path / "run", learner=f"{learner_file}:ReturnsLoss", max_tasks=1))
 
 

@@ -79,6 +79,18 @@ class DataWorld(ABC):
         """Missing pieces (one line each, with the fix) before a run starts; [] when ready."""
         return []
 
+    def missing_requirements(self, requires: frozenset[str]) -> list[str]:
+        """What this world cannot give a learner that `requires` it (one line each, with the fix)."""
+        if "reference_data" in requires and not self.provides_reference_data():
+            return [
+                f"the learner needs reference data for distillation, which the {self.name} world does not provide"
+            ]
+        return []
+
+    def provides_reference_data(self) -> bool:
+        """True when `reference_data` can answer (checked before any data is loaded)."""
+        return type(self).reference_data is not DataWorld.reference_data
+
     def reference_data(
         self, num_images: int, num_captions: int, seed: int, image_size: int
     ) -> tuple[np.ndarray, list[str]]:

@@ -1,14 +1,14 @@
 """`clbench bench`: what the harness costs on top of the work it cannot avoid, in one run.
 
-Training: N steps through the engine's own path (`Engine._train`: batch sampling from the
-uint8 ImageSet, upload, normalization, autocast, `learner.train_step`, the scalar bookkeeping
-with its host sync every `log_every` steps, progress) against a bare loop that calls the same
-`learner.train_step` of the same learner (same model, same optimizer, same step) on the same
-batches pre-materialised on the device. The learner's step (forward, loss, backward, optimizer,
-drslora's proximal step) is the work a run cannot avoid, so engine/bare isolates exactly what
-the engine adds (DESIGN.md, "Benchmarking the harness").
+Training: N steps through the engine's own path (`Trainer.train`: batch sampling from the
+uint8 ImageSet, upload, normalization, the step, the scalar bookkeeping with its host sync
+every `log_every` steps, progress) against a bare loop that calls the same `Trainer.step` of
+the same learner (same model, same optimizer: loss, backward, optimizer and schedule step,
+`after_step`) on the same batches pre-materialised on the device. The step is the work a run
+cannot avoid, so engine/bare isolates exactly what the engine adds around it (DESIGN.md,
+"Benchmarking the harness").
 
-Evaluation: `Engine._evaluate` (its `EvalCache` included, as in a run) against a bare pass:
+Evaluation: `Evaluator.evaluate` (its `EvalCache` included, as in a run) against a bare pass:
 the text classifiers computed once per dataset, then a plain `encode_image` over test images
 pre-normalized on the device, scored against the union classifier (X-TAIL) or each dataset's
 own. Both must count the same correct predictions; a mismatch is a bug and stops the bench.
@@ -33,7 +33,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -45,8 +45,9 @@ from cl_bench.api.learner import Batch, StepInfo, Task
 from cl_bench.data.world import DataWorld, ImageSet
 from cl_bench.engine.config import RunConfig
 from cl_bench.engine.evaluator import EvalCache, text_classifier
-from cl_bench.engine.loop import BatchStream, Engine, seed_everything
+from cl_bench.engine.loop import Engine, Evaluator, seed_everything
 from cl_bench.engine.precision import autocast
+from cl_bench.engine.trainer import BatchStream, TaskTraining, Trainer
 from cl_bench.errors import RunFailed, UserError
 
 BLOCK_STEPS = 10  # training is timed in interleaved blocks (= the default log_every)
@@ -120,16 +121,17 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float, A
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
-def _bare_train(learner, batches, task: Task, device: torch.device, precision: str) -> None:
-    """The same train_step on pre-materialised batches in a plain loop (no sampling, no logging)."""
+def _bare_train(trainer: Trainer, learner, training: TaskTraining, batches, task: Task) -> None:
+    """The same step on pre-materialised batches in a plain loop (no sampling, no logging)."""
     learner.model.train()
     total = len(batches)
-    with autocast(device, precision):
-        for step, (images, labels) in enumerate(batches):
-            learner.train_step(
-                Batch(images, labels, task.text_tokens, task.index),
-                StepInfo(step, total, task.index, task.num_tasks),
-            )
+    for step, (images, labels) in enumerate(batches):
+        trainer.step(
+            learner,
+            training,
+            Batch(images, labels, task.text_tokens, task.index),
+            StepInfo(step, total, task.index, task.num_tasks),
+        )
 
 
 def _bare_eval(
@@ -172,6 +174,12 @@ def _bare_eval(
         return {n: int(c) for n, c in correct.items()}, plan
     finally:
         model.train(was_training)
+
+
+def _engine_eval(evaluator: Evaluator, learner, test_sets: dict[str, ImageSet]) -> list:
+    """The engine's evaluation of one slice of every test set."""
+    evaluator.test_sets = test_sets
+    return evaluator.evaluate(learner, "bench")
 
 
 def _materialise_eval(engine: Engine, backbone, test_sets, batch_size: int):
@@ -237,18 +245,13 @@ def run_bench(
         engine = Engine(cfg, world=world_obj)
         s = engine.setting
         seed_everything(seed)
-        backbone = engine.world.backbone(engine.device)
-        engine.backbone = backbone
-        infos = {n: engine.world.dataset_info(n) for n in s.eval_datasets}
-        test_sets = engine._load_test_sets(backbone)
-        ctx = engine._make_context(backbone)
-        ctx.current_task = 1
-        learn = engine.learner_cls(backbone, engine.learner_cfg, ctx)
-        engine.learner = learn
+        parts = engine.prepare()
+        backbone, infos, test_sets = parts.backbone, parts.infos, parts.test_sets
+        parts.ctx.current_task = 1
+        learn, trainer = parts.learner, parts.trainer
         name = s.datasets[0]
         train = engine.world.load_split(name, "train", s.shots, s.split_seed, backbone.image_size)
-        prompts = tuple(infos[name].prompts(0))
-        task = Task(0, name, infos[name].classnames, prompts, ctx.tokenize(list(prompts)), block, s.batch_size, len(s.datasets))  # fmt: skip
+        task = replace(engine.make_task(0, parts, train), iterations=block)
         holdout = tuple(h for h in s.holdout if h not in s.datasets)
         train_batches = _materialise_train(engine, backbone, train, block, s.batch_size, seed)
         slices = _slices(test_sets, EVAL_SLICES)
@@ -260,15 +263,20 @@ def run_bench(
         tr = {"engine": [], "bare": []}
         ev = {"engine": [], "bare": []}
         cache_stats: dict[str, int] = {}
+        trains = False
         for r in range(repeats):
             learn.begin_task(task)
-            if learn.trains:
+            training = trainer.begin(learn, task)
+            trains = training is not None
+            if training is not None:
                 if r == 0:  # warm-up: allocator, kernels, first-call costs
-                    _bare_train(learn, train_batches[:2], task, engine.device, precision)
+                    _bare_train(trainer, learn, training, train_batches[:2], task)
                 phases = {
-                    "engine": lambda: engine._train(0, task, learn, backbone, train, []),
-                    "bare": lambda: _bare_train(
-                        learn, train_batches, task, engine.device, precision
+                    "engine": lambda training=training: trainer.train(
+                        learn, training, train, backbone.normalize, seed, []
+                    ),
+                    "bare": lambda training=training: _bare_train(
+                        trainer, learn, training, train_batches, task
                     ),
                 }
                 sums = {"engine": [0.0, 0.0], "bare": [0.0, 0.0]}
@@ -280,31 +288,32 @@ def run_bench(
                 for kind, (wall, cpu) in sums.items():
                     tr[kind].append((wall, cpu))
             learn.end_task(task)
+            trainer.end()
             sums = {"engine": [0.0, 0.0], "bare": [0.0, 0.0]}
             counts: dict[str, dict[str, int]] = {"engine": {}, "bare": {}}
             plan = None  # the bare path's classifiers, computed on the first slice
-            if learn.trains:
+            if trains:
                 # As after a task that changed both towers: no cache hit is credited (the
                 # bench's short blocks may leave a model bit-identical, e.g. drslora pruning
                 # every rank), the snapshot cost is paid.
-                engine.eval_cache = EvalCache()
+                parts.evaluator.cache = EvalCache()
             for i, (sl, (ex, ey)) in enumerate(zip(slices, bare_data, strict=True)):
                 phases = {
-                    "engine": lambda sl=sl: engine._evaluate(learn, backbone, infos, sl, 1, name),
+                    "engine": lambda sl=sl: _engine_eval(parts.evaluator, learn, sl),
                     "bare": lambda ex=ex, ey=ey, plan=plan: _bare_eval(
                         learn.eval_model(), backbone.tokenizer, infos, s.datasets, holdout,
                         s.task_agnostic, ex, ey, engine.device, precision, plan,
                     ),
                 }  # fmt: skip
                 for kind in ("engine", "bare") if (r + i) % 2 == 0 else ("bare", "engine"):
-                    before = engine.eval_cache.stats()
+                    before = parts.evaluator.cache.stats()
                     wall, cpu, out = _timed(phases[kind], engine.device)
                     sums[kind][0] += wall
                     sums[kind][1] += cpu
                     if kind == "engine":
-                        for k, v in engine.eval_cache.stats().items():
+                        for k, v in parts.evaluator.cache.stats().items():
                             cache_stats[k] = cache_stats.get(k, 0) + v - before[k]
-                        got = {row["eval_dataset"]: row["correct"] for row in out}
+                        got = {r.dataset: r.correct for r in out}
                     else:
                         got, plan = out
                     for n, c in got.items():

@@ -17,7 +17,7 @@ and own their optimizers, and the hooks give the same gradients without a wrappe
 Which losses stay exact: a mean over this rank's images (averaging the ranks' gradients gives
 the mean over the global batch), a term every rank computes identically (reference data,
 weight penalties), and a term that couples the images of a batch (a softmax over the batch's
-images) computed on `gather_batch` outputs, as `cl_bench.api.losses.contrastive_loss` does.
+images) computed on `gather_batch` outputs, as `cl_bench.api.toolkit.contrastive_loss` does.
 
 Evaluation: each rank scores every N-th test image and the correct counts are summed.
 Only rank 0 writes files (manifest, parquet, checkpoints); the others only compute.

@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl_bench.api.learner import LabelSpace
 from cl_bench.data.world import DatasetInfo, ImageSet
 from cl_bench.engine.precision import autocast
+from cl_bench.errors import UserError
 from cl_bench.models.backbone import Backbone
 
 TEXT_CHUNK = 1024  # prompts per encode_text call
@@ -226,6 +228,43 @@ def count_correct(
     return top1_correct(feats, images.labels, classifier, label_offset)
 
 
+@torch.inference_mode()
+def custom_counts(
+    logits_fn: Callable[[torch.Tensor, LabelSpace], torch.Tensor],
+    space: LabelSpace,
+    backbone: Backbone,
+    images: ImageSet,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    block_starts: np.ndarray | None,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[int, tuple[int, ...]]:
+    """(top-1 correct, predictions per block) with a learner's own logits for every batch."""
+    target = torch.from_numpy(np.asarray(images.labels, dtype=np.int64)).to(device)
+    starts = None if block_starts is None else torch.as_tensor(block_starts, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    per_block = torch.zeros(0 if starts is None else len(starts), dtype=torch.long, device=device)
+    done = 0
+    for chunk in uint8_batches(images.images, batch_size, device):
+        with autocast(device, precision):
+            logits = logits_fn(backbone.normalize(chunk), space)
+        if logits.shape != (chunk.shape[0], space.num_classes):
+            raise UserError(
+                f"eval_logits returned shape {tuple(logits.shape)} for {space.dataset}; expected "
+                f"[{chunk.shape[0]}, {space.num_classes}] (batch, classes of the label space)"
+            )
+        pred = logits.argmax(dim=1)
+        correct += pred.eq(target[done : done + chunk.shape[0]] + space.label_offset).sum()
+        if starts is not None:
+            block = torch.bucketize(pred, starts, right=True) - 1
+            per_block += torch.bincount(block, minlength=len(starts))
+        done += chunk.shape[0]
+        if on_batch is not None:
+            on_batch(chunk.shape[0])
+    return int(correct), tuple(int(c) for c in per_block.tolist())
+
+
 @dataclass
 class EvalCache:
     """Text classifiers and image features kept across evaluations while exactly valid.
@@ -300,11 +339,14 @@ def evaluate_all(
     on_batch: Callable[[int], None] | None = None,
     cache: EvalCache | None = None,
     precision: str = "fp32",
+    custom_logits: Callable[[torch.Tensor, LabelSpace], torch.Tensor] | None = None,
 ) -> list[EvalResult]:
     """Accuracy of `model` on every stream dataset and every hold-out dataset.
 
     `cache` (the engine keeps one per run) carries results across evaluations; None
-    computes everything once for this evaluation.
+    computes everything once for this evaluation. `custom_logits` (a learner's
+    `eval_logits`) scores the images instead of the CLIP classifier; its image scores are
+    never cached (they depend on the learner's state, not only on the vision tower).
     """
     cache = cache if cache is not None else EvalCache(enabled=False)
     was_training = model.training
@@ -321,7 +363,7 @@ def evaluate_all(
                 for n in names
             }
             feats = {}
-            for n in names:
+            for n in names if custom_logits is None else ():
                 key = (n, test_sets[n].ids_hash, len(test_sets[n]), batch_size, precision)
                 before = cache.image_hits
                 feats[n] = cache.image(
@@ -340,6 +382,24 @@ def evaluate_all(
         else:
             scored = [(n, classifiers[n], 0) for n in stream]
         blocks = offsets if task_agnostic else None
+        if custom_logits is not None:
+            domains = tuple(stream) if task_agnostic else ()
+            starts = tuple(int(o) for o in offsets) if task_agnostic else ()
+            jobs = [(n, "stream", clf, off, blocks, domains, starts) for n, clf, off in scored]
+            jobs += [(n, "holdout", classifiers[n], 0, None, (), ()) for n in holdout]
+            for name, split, classifier, offset, block_starts, doms, dstarts in jobs:
+                names_in_space = (
+                    tuple(c for d in stream for c in infos[d].classnames)
+                    if block_starts is not None
+                    else infos[name].classnames
+                )
+                space = LabelSpace(name, names_in_space, classifier, doms, dstarts, offset)
+                c, counts = custom_counts(
+                    custom_logits, space, backbone, test_sets[name], batch_size, device,
+                    precision, block_starts, on_batch,
+                )  # fmt: skip
+                results.append(EvalResult(name, split, c, len(test_sets[name]), counts))
+            return results
         for name, classifier, offset in scored:
             c, domains = top1_counts(
                 feats[name], test_sets[name].labels, classifier, offset, blocks

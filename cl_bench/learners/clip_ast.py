@@ -20,7 +20,7 @@ for the selection rule and the losses. The method as PROTOCOL.md §4 states it:
   weights). Features are L2-normalised; L1 is the element mean; KL is batch-mean, T = 1.
 - fp32 optimizer state: Adam's second moments underflow in fp16 (1/sqrt(v̂) → inf/NaN); the
   master weights and AdamW state are fp32 (`--precision` only autocasts the forward). If the
-  state had to be half precision, use `--set adam_eps=1e-5`.
+  state had to be half precision, use `--set eps=1e-5`.
 The tensors chosen per task go to ``selected.parquet`` (one row per candidate: `after_task`,
 `task`, `encoder`, `layer`, `kind` = tensor name within the block, `importance`,
 `importance_rank` (1 = highest v' in its block), `selected`, `numel`).
@@ -32,8 +32,8 @@ of all blocks) and the selected ones keep their warm-up updates and Adam state: 
 one warm-up + cosine schedule over the whole task instead of two optimizers. The frozen
 reference is the initial model (PROTOCOL.md §4; the unofficial code copies the model after
 its stage 1). lr = the setting's full-fine-tuning lr (a subset of full fine-tuning), weight
-decay 1e-4 (unofficial code), 10 % lr warm-up. `trainable_parameter_count` is taken by the
-engine right after `begin_task`, i.e. during the warm-up (all candidates); the selected
+decay 1e-4 (unofficial code), 10 % lr warm-up. The manifest's trainable count is
+`trainable()`'s at the task's start, i.e. during the warm-up (all candidates); the selected
 count per task is in the manifest, `derived.clip_ast.selected_parameters_per_task`.
 
 Memory: one frozen copy of the model for the whole run (ViT-B/16 ~0.6 GB fp32; toy ~31 MB)
@@ -42,7 +42,6 @@ and, during the warm-up, a copy of the candidates' task-start values.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,9 +50,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_bench.api.learner import Batch, Learner, StepInfo, Task
-from cl_bench.api.losses import clip_features
-from cl_bench.api.optim import adamw_warmup_cosine
+from cl_bench.api.optim import OptimizerConfig
 from cl_bench.api.registry import register_learner
+from cl_bench.api.toolkit import clip_features, frozen_copy
 from cl_bench.errors import UserError
 
 
@@ -100,15 +99,13 @@ class CLIPAST(Learner):
     description = "CLIP-AST: fine-tune the top-6 tensors per block (AdamW second-moment importance) + L1/KL to the frozen model"
 
     @dataclass
-    class Config:
-        top_k: int = 6  # tensors kept trainable per block and encoder
-        selection_warmup_fraction: float = 0.1  # of the task's steps, all candidates train
-        lr: float | None = None  # None = the setting's full-fine-tuning lr for this world
+    class Config(OptimizerConfig):
+        # lr None = the setting's full-fine-tuning lr for this world; eps 1e-8 with fp32
+        # state (1e-5 if the state were fp16)
         weight_decay: float = 1e-4  # unofficial reference code
         warmup_fraction: float = 0.1  # lr warm-up, then cosine
-        beta1: float = 0.9
-        beta2: float = 0.999
-        adam_eps: float = 1e-8  # fp32 state; 1e-5 if the state were fp16
+        top_k: int = 6  # tensors kept trainable per block and encoder
+        selection_warmup_fraction: float = 0.1  # of the task's steps, all candidates train
         label_smoothing: float = 0.0
         image_l1_weight: float = 10.0  # PromptSRC / CLIP-AST
         text_l1_weight: float = 25.0  # PromptSRC / CLIP-AST
@@ -137,9 +134,8 @@ class CLIPAST(Learner):
             raise UserError(
                 f"clip_ast keeps fp32 weights and AdamW state, but {half[0]} is not fp32; load the model in fp32 (--precision bf16 autocasts the forward only)"
             )
-        self.frozen = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.frozen = frozen_copy(self.model)
         self.selected_per_task: list[int] = []
-        self.optimizer = None
         self.selected: set[int] | None = None
 
     # -- selection -----------------------------------------------------------------------
@@ -151,13 +147,13 @@ class CLIPAST(Learner):
         return min(iterations, max(1, round(self.cfg.selection_warmup_fraction * iterations)))
 
     @torch.no_grad()
-    def select(self, task: Task) -> list[dict[str, Any]]:
+    def select(self, task: Task, optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
         """Keep the top-K tensors per block trainable; reset and freeze the others."""
         rows: list[dict[str, Any]] = []
         selected: set[int] = set()
         for encoder, layer, params in self.blocks:
             scores = {
-                name: adam_importance(self.optimizer.state[p], self.cfg.beta2, self.cfg.adam_eps)
+                name: adam_importance(optimizer.state[p], self.cfg.beta2, self.cfg.eps)
                 for name, p in params.items()
             }
             order = sorted(scores, key=lambda n: -scores[n])  # stable: block order breaks ties
@@ -169,7 +165,7 @@ class CLIPAST(Learner):
                     p.copy_(self.task_start[id(p)])
                     p.requires_grad_(False)
                     p.grad = None
-                    self.optimizer.state.pop(p, None)
+                    optimizer.state.pop(p, None)  # frees the state; grad None: AdamW skips p
                 rows.append(
                     {
                         "task": task.name,
@@ -192,28 +188,17 @@ class CLIPAST(Learner):
 
     # -- Learner API ---------------------------------------------------------------------
     def begin_task(self, task: Task) -> None:
-        self.model.requires_grad_(False)
-        params = self.candidates()
-        for p in params:
-            p.requires_grad_(True)
-        self.task_start = {id(p): p.detach().clone() for p in params}
-        lr = self.cfg.lr if self.cfg.lr is not None else self.ctx.full_finetune_lr
-        self.optimizer, self.scheduler = adamw_warmup_cosine(
-            params,
-            lr,
-            self.cfg.weight_decay,
-            task.iterations,
-            self.cfg.warmup_fraction,
-            betas=(self.cfg.beta1, self.cfg.beta2),
-            eps=self.cfg.adam_eps,
-        )
+        self.task_start = {id(p): p.detach().clone() for p in self.candidates()}
         self.selected = None
         self.select_after = self.selection_step(task.iterations)
-        self.ctx.note(f"{self.name}.lr", lr)
+        self.ctx.note(f"{self.name}.lr", self.optimizer_config(task).lr)
         self.ctx.note(f"{self.name}.selection_warmup_steps", self.select_after)
         with torch.no_grad():
             self.frozen_text = F.normalize(self.frozen.encode_text(task.text_tokens), dim=-1)
         self.current_task = task
+
+    def trainable(self, task: Task) -> list[nn.Parameter]:
+        return self.candidates()
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The four loss terms on a batch (task CE, L1 image, L1 text, KL)."""
@@ -234,7 +219,7 @@ class CLIPAST(Learner):
         )
         return {"ce": ce, "l1_image": l1_image, "l1_text": l1_text, "kl": kl}
 
-    def train_step(self, batch: Batch, step: StepInfo) -> dict[str, float]:
+    def loss(self, batch: Batch, step: StepInfo) -> tuple[torch.Tensor, dict[str, Any]]:
         terms = self.losses(batch)
         loss = (
             terms["ce"]
@@ -242,13 +227,14 @@ class CLIPAST(Learner):
             + self.cfg.text_l1_weight * terms["l1_text"]
             + self.cfg.kl_weight * terms["kl"]
         )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
+        return loss, {k: v.detach() for k, v in terms.items()}
+
+    def after_step(self, step: StepInfo) -> None:
+        """After the warm-up's last step: select from the optimizer's second moments."""
         if self.selected is None and step.step + 1 >= self.select_after:
-            self.select(self.current_task)
-        return {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}
+            if step.optimizer is None:
+                raise RuntimeError("clip_ast: the selection needs the engine's optimizer")
+            self.select(self.current_task, step.optimizer)
 
     def end_task(self, task: Task) -> None:
         if self.selected is None:
@@ -256,12 +242,8 @@ class CLIPAST(Learner):
                 f"clip_ast: task {task.name} ended before the selection step {self.select_after}"
             )
         self.model.requires_grad_(False)
-        self.optimizer = self.scheduler = None
         self.frozen_text = None
         self.selected = None
-
-    def trainable_parameter_count(self) -> int:
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "selected_per_task": list(self.selected_per_task)}

@@ -184,7 +184,7 @@ class DRSLoRA(LoRA):
 
     def after_step(self, step: StepInfo) -> dict[str, Any]:
         kappa = float(self.kappas[step.step]) if step.step < len(self.kappas) else 0.0
-        for w in self.adapter.importances():
+        for w in self._adapter().importances():
             soft_threshold_(w, kappa)
         return {"kappa": kappa}
 

@@ -65,10 +65,10 @@ class GatedLoRA(LoRA):
             gate_threshold=self.cfg.gate_threshold,
         )
 
-    def param_groups(self, task: Task) -> list[dict[str, Any]]:
-        scores = self.adapter.gate_scores()
+    def trainable(self, task: Task) -> list[dict[str, Any]]:
+        scores = self._adapter().gate_scores()
         score_ids = {id(s) for s in scores}
-        factors = [p for p in self.adapter.parameters() if id(p) not in score_ids]
+        factors = [p for p in self._adapter().parameters() if id(p) not in score_ids]
         scale = (
             self.cfg.reference_iterations / task.iterations
             if self.cfg.score_lr_budget_scaling
@@ -78,7 +78,7 @@ class GatedLoRA(LoRA):
         return [{"params": factors}, {"params": scores, "lr": self.cfg.lr * scale}]
 
     def extra_loss(self) -> tuple[torch.Tensor | None, dict[str, Any]]:
-        scores = torch.stack(self.adapter.gate_scores())
+        scores = torch.stack(self._adapter().gate_scores())
         penalty = self.cfg.gate_penalty * scores.abs().mean()
         active = (scores.detach() >= self.cfg.gate_threshold).float().mean()
         return penalty, {"gate_penalty": penalty.detach(), "active_fraction": active}

@@ -7,7 +7,7 @@ Reference code: github.com/Artificer-AI-Lab/CoDyRA (``models/codyra.py``, ``lora
 
 What it does, per task: attach fresh rank-r adapters ΔW = B A (A Kaiming-uniform, B = 0,
 no α/r scaling) to attention q, k, v, out and MLP fc, proj of both encoders (configurable);
-train them alone with the contrastive loss of `cl_bench.api.losses` (image→text over the task's
+train them alone with the contrastive loss of `cl_bench.api.toolkit` (image→text over the task's
 prompts + text→image) with AdamW (lr 5e-4, betas 0.9/0.9999, wd 0, cosine; the reference
 code's defaults); at the end of the task write ΔW into the base weights in fp32 and remove
 the adapter. Inference cost is the plain model's.
@@ -19,7 +19,7 @@ Deviations from the reference code:
 - The adapter is a weight parametrization on the packed ``in_proj_weight`` (q/k/v slices),
   ``out_proj.weight`` and the MLP weights; the reference replaces MultiheadAttention by an
   unfused copy. Same function, same parameter count.
-- text→image loss: `cl_bench.api.losses.contrastive_loss` spreads the target of a class that
+- text→image loss: `cl_bench.api.toolkit.contrastive_loss` spreads the target of a class that
   occurs several times in the batch uniformly over its images (PROTOCOL.md §2); the
   reference code uses the unnormalised 0/1 mask as soft target.
 - `logit_scale` stays frozen (the reference code trains only adapter parameters too).
@@ -33,9 +33,9 @@ from typing import Any, ClassVar
 import torch
 
 from cl_bench.api.learner import Batch, Learner, StepInfo, Task
-from cl_bench.api.losses import clip_logits, contrastive_loss
-from cl_bench.api.optim import adamw_warmup_cosine
+from cl_bench.api.optim import OptimizerConfig
 from cl_bench.api.registry import register_learner
+from cl_bench.api.toolkit import clip_logits, contrastive_loss
 from cl_bench.errors import UserError
 from cl_bench.models.lora import ENCODERS, MATRIX_KINDS, LoRAAdapter, Variant, find_sites
 from cl_bench.models.redundancy import RedundancyForm, redundancy_loss
@@ -58,16 +58,13 @@ class LoRA(Learner):
     variant: ClassVar[Variant] = "lora"
 
     @dataclass
-    class Config:
+    class Config(OptimizerConfig):
+        lr: float = 5e-4  # reference code's defaults: betas 0.9/0.9999, wd 0, cosine, no warm-up
+        beta2: float = 0.9999
         rank: int = 16  # at width 768; scaled with the model width at run time
         scale_rank_with_width: bool = True  # PROTOCOL.md §5; False uses `rank` as given
         encoders: tuple[str, ...] = ENCODERS
         kinds: tuple[str, ...] = MATRIX_KINDS
-        lr: float = 5e-4
-        beta1: float = 0.9
-        beta2: float = 0.9999
-        weight_decay: float = 0.0
-        warmup_fraction: float = 0.0  # reference code: --warmup_length 0
         label_smoothing: float = 0.0  # reference code: --ls 0
         # ReSoRA's subspace-redundancy regulariser, a plug-in for every LoRA learner
         # (cl_bench.models.redundancy); "none" = off. `resora` = lora with "linear".
@@ -97,43 +94,40 @@ class LoRA(Learner):
             self.variant,
         )
 
-    def param_groups(self, task: Task) -> list[dict[str, Any]]:
-        return [{"params": list(self.adapter.parameters())}]
+    def trainable(self, task: Task) -> list[dict[str, Any]]:
+        return [{"params": list(self._adapter().parameters())}]
 
     def extra_loss(self) -> tuple[torch.Tensor | None, dict[str, Any]]:
         """A regulariser added to the task loss (gated_lora's score penalty)."""
         return None, {}
 
-    def after_step(self, step: StepInfo) -> dict[str, Any]:
+    def after_step(self, step: StepInfo) -> dict[str, Any] | None:
         """Runs after each optimizer step (drslora's proximal soft-threshold)."""
-        return {}
+        return None
 
     def before_merge(self, task: Task) -> None:
         """Records what the adapter kept, before it is merged away."""
 
     # -- Learner API ---------------------------------------------------------------------
+    def _adapter(self) -> LoRAAdapter:
+        if self.adapter is None:
+            raise RuntimeError(f"{self.name}: no adapter outside a task (begin_task makes one)")
+        return self.adapter
+
     def begin_task(self, task: Task) -> None:
         self.model.requires_grad_(False)
         self.adapter = self.make_adapter()
-        self.optimizer, self.scheduler = adamw_warmup_cosine(
-            self.param_groups(task),
-            self.cfg.lr,
-            self.cfg.weight_decay,
-            task.iterations,
-            self.cfg.warmup_fraction,
-            betas=(self.cfg.beta1, self.cfg.beta2),
-        )
         count = self.adapter.parameter_count()
         self.trainable_per_task.append(count)
         self.ctx.note(f"{self.name}.trainable_parameters_per_task", list(self.trainable_per_task))
 
-    def train_step(self, batch: Batch, step: StepInfo) -> dict[str, float]:
+    def loss(self, batch: Batch, step: StepInfo) -> tuple[torch.Tensor, dict[str, Any]]:
         logits = clip_logits(self.model, batch.images, batch.text_tokens)
-        loss = contrastive_loss(logits, batch.labels, self.cfg.label_smoothing)
+        task_loss = contrastive_loss(logits, batch.labels, self.cfg.label_smoothing)
         extra, scalars = self.extra_loss()
-        total = loss if extra is None else loss + extra
+        total = task_loss if extra is None else task_loss + extra
         redundancy, redundancy_scalars = redundancy_loss(
-            (a.block for a in self.adapter.attached),
+            (a.block for a in self._adapter().attached),
             self.cfg.redundancy,
             self.cfg.redundancy_weight,
             self.cfg.redundancy_kernel_gamma,
@@ -141,12 +135,7 @@ class LoRA(Learner):
         if redundancy is not None:
             total = total + redundancy
             scalars.update(redundancy_scalars)
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
-        self.scheduler.step()
-        scalars.update(self.after_step(step))
-        return {"loss": loss.detach(), **scalars}
+        return total, {"task_loss": task_loss.detach(), **scalars}
 
     def end_task(self, task: Task) -> None:
         if self.adapter is None:
@@ -154,10 +143,6 @@ class LoRA(Learner):
         self.before_merge(task)
         self.adapter.merge()
         self.adapter = None
-        self.optimizer = self.scheduler = None
-
-    def trainable_parameter_count(self) -> int:
-        return self.adapter.parameter_count() if self.adapter is not None else 0
 
     def state_dict(self) -> dict[str, Any]:
         if self.adapter is not None:

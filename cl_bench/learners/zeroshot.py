@@ -3,17 +3,12 @@ Average and Last equal the zero-shot accuracies — the harness's free self-chec
 
 from __future__ import annotations
 
-from cl_bench.api.learner import Batch, Learner, StepInfo
+from cl_bench.api.learner import Learner
 from cl_bench.api.registry import register_learner
 
 
 @register_learner("zeroshot")
 class ZeroShot(Learner):
+    """Declares nothing trainable, so the engine runs no steps for it."""
+
     description = "The pre-trained CLIP, never updated (upper bound on transfer, lower on learning)"
-    trains = False
-
-    def train_step(self, batch: Batch, step: StepInfo) -> dict[str, float]:
-        raise RuntimeError("zeroshot does not train; the engine skips its training loop")
-
-    def trainable_parameter_count(self) -> int:
-        return 0

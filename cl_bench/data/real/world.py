@@ -185,6 +185,25 @@ class RealWorld(DataWorld):
 
         return load_backbone(self.model, self.pretrained, device)
 
+    def missing_requirements(self, requires: frozenset[str]) -> list[str]:
+        """Reference data is checked up front: a folder and a caption file, before any data loads."""
+        if "reference_data" not in requires:
+            return []
+        missing = []
+        if self.reference_images is None:
+            missing.append(
+                "reference images for distillation: set --reference-images DIR (e.g. an ImageNet subset)"
+            )
+        elif not Path(self.reference_images).expanduser().is_dir():
+            missing.append(f"--reference-images {self.reference_images}: no such folder")
+        if self.reference_captions is None:
+            missing.append(
+                "reference captions for distillation: set --reference-captions FILE (one caption per line)"
+            )
+        elif not Path(self.reference_captions).is_file():
+            missing.append(f"--reference-captions {self.reference_captions}: no such file")
+        return missing
+
     def reference_data(
         self, num_images: int, num_captions: int, seed: int, image_size: int
     ) -> tuple[np.ndarray, list[str]]:

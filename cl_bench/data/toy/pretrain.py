@@ -70,7 +70,7 @@ def pretrain(
     """Train from scratch, evaluate zero-shot, write fp16 safetensors + the JSON record."""
     import torch
 
-    from cl_bench.api.optim import adamw_warmup_cosine
+    from cl_bench.api.optim import OptimizerConfig, build_optimizer
     from cl_bench.data.toy.model import (
         create_toy_clip,
         load_toy_backbone,
@@ -89,17 +89,20 @@ def pretrain(
     dist = PretrainDistribution(IMAGE_SIZE_PX)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n]
-    optimizer, scheduler = adamw_warmup_cosine(
+    settings = OptimizerConfig(
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        beta2=0.98,
+        eps=1e-6,
+        warmup_fraction=cfg.warmup_fraction,
+    )
+    optimizer, scheduler = build_optimizer(
         [
             {"params": decay, "weight_decay": cfg.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ],
-        cfg.lr,
-        cfg.weight_decay,
+        settings,
         cfg.steps,
-        cfg.warmup_fraction,
-        betas=(0.9, 0.98),
-        eps=1e-6,
     )
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)

@@ -1,0 +1,217 @@
+"""What a run leaves on disk: accuracy rows, learner tables, the manifest, checkpoints.
+
+The recorder is the one writer of a run. Under torchrun every rank builds one, and the ones
+on ranks other than 0 compute the same rows but write nothing, so the engine needs no rank
+checks of its own. Rows are appended per task (`results.append_rows`): a crash leaves the
+completed tasks' rows, and the checkpoint, written last, marks a task complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+import torch
+
+from cl_bench.analysis.provenance import peak_rss_mb
+from cl_bench.analysis.results import (
+    ACCURACY_COLUMNS,
+    ACCURACY_FILE,
+    DOMAIN_COLUMNS,
+    DOMAINS_FILE,
+    MANIFEST_FILE,
+    RUN_COLUMNS,
+    SUMMARY_FILE,
+    TRAIN_LOG_FILE,
+    append_rows,
+    summarize,
+    write_json,
+    write_parquet,
+)
+from cl_bench.api.context import RunContext
+from cl_bench.engine.evaluator import EvalResult
+from cl_bench.engine.rundir import RunDirectory
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class TaskRecord:
+    """The manifest's entry for one completed task."""
+
+    task: int  # 1-based
+    dataset: str
+    train_images: int
+    trainable_parameters: int
+    train_time_s: float
+    eval_time_s: float
+    peak_rss_mb: float
+    peak_cuda_mb: float | None
+
+
+@dataclass
+class Manifest:
+    """manifest.json: the run's config, provenance and progress (written after every task)."""
+
+    run_id: str
+    config: dict[str, Any]
+    config_hash: str
+    setting: dict[str, Any]
+    learner: dict[str, Any]  # name, class, config
+    world: dict[str, Any]
+    backbone: dict[str, Any]
+    versions: dict[str, Any]
+    torch_threads: int
+    distributed: dict[str, Any]
+    status: str = "running"  # running | finished | failed | interrupted
+    started: str = field(default_factory=now_utc)
+    load_average_1min: float = field(default_factory=lambda: round(os.getloadavg()[0], 2))
+    splits: dict[str, dict[str, str]] = field(default_factory=dict)  # dataset -> split -> hash
+    tasks: list[dict[str, Any]] = field(default_factory=list)  # TaskRecord as dicts
+    resumed_at_task: int | None = None
+    resumes: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # a forced resume may change the config
+    derived: dict[str, Any] = field(default_factory=dict)  # values learners noted (ctx.note)
+    record_tables: list[str] = field(default_factory=list)  # learner tables (ctx.record)
+    extra_inference_parameters: int | None = None
+    wall_time_s: float | None = None
+    peak_rss_mb: float | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON; the fields that only a finished or failed run has are left out until set."""
+        data = dataclasses.asdict(self)
+        for key in ("extra_inference_parameters", "wall_time_s", "peak_rss_mb", "error"):
+            if data[key] is None:
+                del data[key]
+        return data
+
+
+class Recorder:
+    """Rows, tables, the manifest and checkpoints of one run; silent on ranks other than 0."""
+
+    def __init__(self, run_dir: RunDirectory, manifest: Manifest, identity: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.writes = run_dir.writer
+        self.manifest = manifest
+        self.identity = identity  # the RUN_COLUMNS of every row
+        self.rows: list[dict[str, Any]] = []
+        self.started = time.time()
+
+    def _write_manifest(self) -> None:
+        if self.writes:
+            write_json(self.manifest.to_json(), self.run_dir.path / MANIFEST_FILE)
+
+    def start(self) -> None:
+        self._write_manifest()
+
+    # -- rows ---------------------------------------------------------------------------
+    def row(self, r: EvalResult, after_task: int, after_name: str) -> dict[str, Any]:
+        return {
+            **self.identity,
+            "after_task": after_task,
+            "after_task_name": after_name,
+            "eval_dataset": r.dataset,
+            "split": r.split,
+            "correct": r.correct,
+            "total": r.total,
+            "accuracy": r.accuracy,
+        }
+
+    def evaluation(
+        self, results: list[EvalResult], after_task: int, after_name: str, stream: tuple[str, ...]
+    ) -> None:
+        """One evaluation's rows (kept; written with the task) and, task-agnostic, domains.parquet."""
+        rows = [self.row(r, after_task, after_name) for r in results]
+        self.rows += rows
+        if self.writes and any(r.predicted_domains for r in results):
+            self._write_domains(results, after_task, after_name, stream)
+        if self.writes:
+            append_rows(
+                self.run_dir.path / ACCURACY_FILE, rows, "after_task", after_task, ACCURACY_COLUMNS
+            )
+
+    def _write_domains(
+        self, results: list[EvalResult], after_task: int, after_name: str, stream: tuple[str, ...]
+    ) -> None:
+        """domains.parquet: per stream dataset, how many predictions fell in each domain's block."""
+        rows = []
+        for r in (r for r in results if r.predicted_domains):
+            row = self.row(r, after_task, after_name)
+            ident = {k: row[k] for k in RUN_COLUMNS + ["after_task", "after_task_name"]}
+            for domain, count in zip(stream, r.predicted_domains, strict=True):
+                rows.append(
+                    ident | {"eval_dataset": r.dataset, "predicted_domain": domain, "count": count}
+                )
+        append_rows(
+            self.run_dir.path / DOMAINS_FILE, rows, "after_task", after_task, DOMAIN_COLUMNS
+        )
+
+    # -- task and run boundaries --------------------------------------------------------
+    def task_done(
+        self,
+        record: TaskRecord,
+        ctx: RunContext,
+        train_log: list[dict[str, Any]],
+        learner_state: dict[str, Any],
+    ) -> None:
+        """Tables, manifest, and last the checkpoint that marks the task complete."""
+        if self.writes:
+            for table, table_rows in ctx.records.items():
+                write_parquet(pd.DataFrame(table_rows), self.run_dir.path / f"{table}.parquet")
+            if train_log:
+                append_rows(self.run_dir.path / TRAIN_LOG_FILE, train_log, "task", record.task)
+        self.manifest.tasks.append(dataclasses.asdict(record))
+        self.manifest.derived = ctx.derived
+        self.manifest.record_tables = sorted(ctx.records)
+        self._write_manifest()
+        self.run_dir.save_checkpoint(learner_state, record.task)
+
+    def finish(
+        self, extra_inference_parameters: int, ctx: RunContext
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """summary.parquet and the finished manifest; (accuracy, summary) frames."""
+        accuracy = pd.DataFrame(self.rows, columns=ACCURACY_COLUMNS)
+        summary = summarize(accuracy)
+        if self.writes:
+            write_parquet(summary, self.run_dir.path / SUMMARY_FILE)
+        m = self.manifest
+        m.extra_inference_parameters = extra_inference_parameters
+        m.status = "finished"
+        m.wall_time_s = round(time.time() - self.started, 2)
+        m.peak_rss_mb = round(peak_rss_mb(), 1)
+        m.derived = ctx.derived
+        self._write_manifest()
+        return accuracy, summary
+
+    def failed(self, exc: BaseException, ctx: RunContext) -> None:
+        self.manifest.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        self.manifest.error = f"{type(exc).__name__}: {exc}"
+        self.manifest.derived = ctx.derived
+        self._write_manifest()
+
+
+def task_record(
+    task: int, dataset: str, train_images: int, trainable: int, train_s: float, eval_s: float
+) -> TaskRecord:
+    """A TaskRecord with the process's memory peaks as of now."""
+    return TaskRecord(
+        task=task,
+        dataset=dataset,
+        train_images=train_images,
+        trainable_parameters=trainable,
+        train_time_s=round(train_s, 3),
+        eval_time_s=round(eval_s, 3),
+        peak_rss_mb=round(peak_rss_mb(), 1),
+        peak_cuda_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if torch.cuda.is_available()
+        else None,
+    )
