@@ -1,7 +1,21 @@
-"""cl-bench: a continual-learning benchmark harness for CLIP-style vision-language models."""
+"""cl-bench: a continual-learning benchmark harness for CLIP-style vision-language models.
 
-from cl_bench.api.learner import Batch, Learner, StepInfo, Task
+The names a learner needs; the plug-in API lives in `cl_bench.api`.
+"""
+
+from cl_bench.api.learner import Batch, LabelSpace, Learner, StepInfo, Task, TrainingSet
+from cl_bench.api.optim import OptimizerConfig
 from cl_bench.api.registry import register_learner
 
 __version__ = "0.1.0"
-__all__ = ["Batch", "Learner", "StepInfo", "Task", "register_learner", "__version__"]
+__all__ = [
+    "Batch",
+    "LabelSpace",
+    "Learner",
+    "OptimizerConfig",
+    "StepInfo",
+    "Task",
+    "TrainingSet",
+    "__version__",
+    "register_learner",
+]

@@ -1,10 +1,12 @@
 """Numeric precision of a run: fp32, or autocast to bf16/fp16 with fp32 master weights.
 
 Autocast only changes the dtype of the ops on its list (matmuls, convolutions, attention);
-parameters, optimizer state, elementwise updates (drslora's soft-threshold) and the fp32
-merges outside `train_step` stay fp32. fp16 has no loss scaling: backward and the optimizer
-step live inside each learner's `train_step`, so the engine cannot insert a GradScaler;
-non-finite losses still stop the run (engine). Prefer bf16 where the hardware has it.
+it wraps a learner's `loss` and the evaluation forwards. Parameters, optimizer state,
+elementwise updates (drslora's soft-threshold, run in `after_step`) and the fp32 merges at
+`end_task` stay fp32. Under fp16 the engine's trainer scales the loss with a
+`torch.amp.GradScaler` (one code path for every learner; steps with inf/NaN gradients are
+skipped and the scale lowered); non-finite logged losses still stop the run. Prefer bf16
+where the hardware has it.
 No torch import at module level (`clbench --help` stays fast).
 """
 
