@@ -33,12 +33,14 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from cl_bench_baselines.finetune import Finetune
 
 from cl_bench.api.collectives import gather_batch
 from cl_bench.api.learner import Batch, StepInfo, Task
 from cl_bench.api.registry import register_learner
 from cl_bench.api.toolkit import clip_distillation, clip_features, contrastive_loss, frozen_copy
+from cl_bench.models.backbone import as_clip
+
+from .finetune import Finetune
 
 
 @register_learner("lwf")
@@ -57,19 +59,22 @@ class LwF(Finetune):
         super().begin_task(task)
         self.teacher = frozen_copy(self.model)
         with torch.no_grad():
-            self.teacher_text = F.normalize(self.teacher.encode_text(task.text_tokens), dim=-1)
+            self.teacher_text = F.normalize(
+                as_clip(self.teacher).encode_text(task.text_tokens), dim=-1
+            )
 
     def distillation(
         self, batch: Batch, image_features: torch.Tensor, text_features: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(image→text, text→image) distillation on the batch's images over the task's prompts."""
+        teacher = as_clip(self.teacher)
         with torch.no_grad():
-            teacher_image = F.normalize(self.teacher.encode_image(batch.images), dim=-1)
-            teacher_logits = self.teacher.logit_scale.exp() * teacher_image @ self.teacher_text.T
+            teacher_image = F.normalize(teacher.encode_image(batch.images), dim=-1)
+            teacher_logits = teacher.logit_scale.exp() * teacher_image @ self.teacher_text.T
         student_text = (
             text_features if self.cfg.student_text_features == "student" else self.teacher_text
         )
-        student_logits = self.model.logit_scale.exp() * image_features @ student_text.T
+        student_logits = as_clip(self.model).logit_scale.exp() * image_features @ student_text.T
         # text->image distillation is a softmax over the batch's images: under torchrun it
         # needs every rank's rows (identity in one process)
         teacher_logits, student_logits = gather_batch(teacher_logits, student_logits)
@@ -77,7 +82,7 @@ class LwF(Finetune):
 
     def loss(self, batch: Batch, step: StepInfo) -> tuple[torch.Tensor, dict[str, Any]]:
         image_features, text_features = clip_features(self.model, batch.images, batch.text_tokens)
-        logits = self.model.logit_scale.exp() * image_features @ text_features.T
+        logits = as_clip(self.model).logit_scale.exp() * image_features @ text_features.T
         task_loss = contrastive_loss(logits, batch.labels, self.cfg.label_smoothing)
         image_to_text, text_to_image = self.distillation(batch, image_features, text_features)
         loss = (

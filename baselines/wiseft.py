@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cl_bench_baselines.finetune import Finetune
-
 from cl_bench.api.learner import Task
 from cl_bench.api.registry import register_learner
 from cl_bench.api.toolkit import frozen_copy, interpolate_
 from cl_bench.errors import UserError
+
+from .finetune import Finetune
 
 
 @register_learner("wiseft")

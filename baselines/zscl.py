@@ -50,7 +50,6 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from cl_bench_baselines.finetune import Finetune
 
 from cl_bench.api.learner import Batch, StepInfo, Task
 from cl_bench.api.registry import register_learner
@@ -65,6 +64,9 @@ from cl_bench.api.toolkit import (
     weights_fingerprint,
 )
 from cl_bench.errors import UserError
+from cl_bench.models.backbone import as_clip
+
+from .finetune import Finetune
 
 TEXT_CHUNK = 256  # captions encoded per forward when caching the teacher's embeddings
 
@@ -111,10 +113,12 @@ class ZSCL(Finetune):
         self.zeroshot = frozen_copy(self.model)
         self.zeroshot_fingerprint = weights_fingerprint(self.zeroshot)
         self.reference_pool: torch.Tensor | None = None
+        self.reference_order: torch.Tensor  # set by begin_task, reshuffled as the pool cycles
+        self.reference_cursor: int
 
     # -- reference data ---------------------------------------------------------------
 
-    def _load_reference(self) -> None:
+    def _load_reference(self) -> torch.Tensor:
         """Draw the reference pool once; cache the zero-shot caption embeddings."""
         try:
             images, captions = self.ctx.reference_data(
@@ -129,34 +133,36 @@ class ZSCL(Finetune):
             )
         self.reference_pool = images
         self.reference_tokens = self.ctx.tokenize(list(captions))
+        zeroshot = as_clip(self.zeroshot)
         with torch.no_grad():
-            chunks = [self.zeroshot.encode_text(t) for t in self.reference_tokens.split(TEXT_CHUNK)]
+            chunks = [zeroshot.encode_text(t) for t in self.reference_tokens.split(TEXT_CHUNK)]
             self.zeroshot_caption_features = F.normalize(torch.cat(chunks), dim=-1)
         self.ctx.note("zscl.reference_images", int(len(images)))
         self.ctx.note("zscl.reference_captions", int(len(captions)))
+        return images
 
     def _next_reference_batch(self) -> torch.Tensor:
         """Cycle through the pool in a reshuffled order (a DataLoader with shuffle=True)."""
+        pool = self.reference_pool
+        if pool is None:
+            raise RuntimeError("zscl: no reference pool outside a task (begin_task draws it)")
         if self.reference_cursor + self.reference_batch_size > len(self.reference_order):
-            self.reference_order = torch.randperm(len(self.reference_pool))
+            self.reference_order = torch.randperm(len(pool))
             self.reference_cursor = 0
         idx = self.reference_order[
             self.reference_cursor : self.reference_cursor + self.reference_batch_size
         ]
         self.reference_cursor += self.reference_batch_size
-        return self.reference_pool[idx.to(self.reference_pool.device)]
+        return pool[idx.to(pool.device)]
 
     # -- hooks ------------------------------------------------------------------------
 
     def begin_task(self, task: Task) -> None:
         super().begin_task(task)
-        if self.reference_pool is None:
-            self._load_reference()
-        self.reference_batch_size = min(
-            self.cfg.reference_batch_size or task.batch_size, len(self.reference_pool)
-        )
+        pool = self.reference_pool if self.reference_pool is not None else self._load_reference()
+        self.reference_batch_size = min(self.cfg.reference_batch_size or task.batch_size, len(pool))
         # the reference order restarts each task, as the reference code's ref loader does
-        self.reference_order = torch.randperm(len(self.reference_pool))
+        self.reference_order = torch.randperm(len(pool))
         self.reference_cursor = 0
         self.anchor = frozen_copy(self.model) if self.cfg.l2_weight > 0 else None
         self.ensemble = frozen_copy(self.model)
@@ -170,15 +176,16 @@ class ZSCL(Finetune):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(image→text, text→image) distillation toward the zero-shot model on reference data."""
         teacher_text = self.zeroshot_caption_features
+        zeroshot, student = as_clip(self.zeroshot), as_clip(self.model)
         with torch.no_grad():
-            teacher_image = F.normalize(self.zeroshot.encode_image(reference_images), dim=-1)
-            teacher_logits = self.zeroshot.logit_scale.exp() * teacher_image @ teacher_text.T
-        student_image = F.normalize(self.model.encode_image(reference_images), dim=-1)
+            teacher_image = F.normalize(zeroshot.encode_image(reference_images), dim=-1)
+            teacher_logits = zeroshot.logit_scale.exp() * teacher_image @ teacher_text.T
+        student_image = F.normalize(student.encode_image(reference_images), dim=-1)
         if self.cfg.student_text_features == "student":
-            student_text = F.normalize(self.model.encode_text(self.reference_tokens), dim=-1)
+            student_text = F.normalize(student.encode_text(self.reference_tokens), dim=-1)
         else:
             student_text = teacher_text
-        student_logits = self.model.logit_scale.exp() * student_image @ student_text.T
+        student_logits = student.logit_scale.exp() * student_image @ student_text.T
         return clip_distillation(teacher_logits, student_logits, self.cfg.temperature)
 
     def loss(self, batch: Batch, step: StepInfo) -> tuple[torch.Tensor, dict[str, Any]]:

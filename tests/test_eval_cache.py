@@ -17,8 +17,9 @@ from fakeworld import FakeWorld
 from cl_bench.api.learner import Batch, Learner, StepInfo
 from cl_bench.api.registry import register_learner
 from cl_bench.api.toolkit import clip_logits, contrastive_loss
+from cl_bench.data.scoring import TEXT_CHUNK
 from cl_bench.engine.config import RunConfig
-from cl_bench.engine.evaluator import TEXT_CHUNK, EvalCache, evaluate_all
+from cl_bench.engine.evaluator import EvalCache, evaluate_all
 from cl_bench.engine.loop import Engine
 from cl_bench.errors import UserError
 
@@ -139,7 +140,7 @@ def test_precision_is_part_of_the_key_and_fp16_needs_cuda(setup):
 
 def test_text_chunking_splits_large_label_spaces(setup, monkeypatch):
     backbone, infos, tests, prompts, images = setup
-    monkeypatch.setattr("cl_bench.engine.evaluator.TEXT_CHUNK", 4)
+    monkeypatch.setattr("cl_bench.data.scoring.TEXT_CHUNK", 4)
     counter = Counter(backbone.model)
     _eval(backbone, infos, tests, None)
     calls, rows, _ = counter.reset()

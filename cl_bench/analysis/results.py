@@ -57,8 +57,8 @@ SUMMARY_COLUMNS = RUN_COLUMNS + [
 ]
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp_path), fsync it, then rename over `path`."""
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Call write(tmp_path) (its result is ignored), fsync it, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -4,6 +4,8 @@ the images of a batch. Identity in one process. The process group itself is the 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -24,7 +26,8 @@ class _GatherRows(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        # ctx: torch's FunctionCtx, which carries the attributes set here (rows, world, rank)
         world, rank = dist.get_world_size(), dist.get_rank()
         parts = [torch.empty_like(tensor) for _ in range(world)]
         dist.all_gather(parts, tensor.contiguous())
@@ -32,9 +35,12 @@ class _GatherRows(torch.autograd.Function):
         return torch.cat(parts)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        start = ctx.rank * ctx.rows
-        return grad[start : start + ctx.rows] * ctx.world
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        rows: int = ctx.rows
+        world: int = ctx.world
+        rank: int = ctx.rank
+        start = rank * rows
+        return grad[start : start + rows] * world
 
 
 def gather_batch(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -65,4 +65,6 @@ def build_config(learner_cls: type[Learner], overrides: dict[str, str]) -> Any:
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):  # an instance, not a class
+        return dataclasses.asdict(cfg)
+    return {}

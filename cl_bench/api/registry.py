@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from cl_bench.api.learner import Learner
 from cl_bench.errors import UserError
@@ -103,7 +103,8 @@ class Registry(Generic[T]):
                     f"({qualname(existing)} and {qualname(cls)}); rename one"
                 )
             if self.base is not None:  # registered classes know their name (Learner.name)
-                cls.name = name
+                named: Any = cls  # `name` is the base's attribute, which `type` does not declare
+                named.name = name
             self._classes[name] = cls
             return cls
 
@@ -187,7 +188,7 @@ class Registry(Generic[T]):
             raise UserError(
                 f"{target!r} is not a {self.base.__name__} subclass; inherit from {self.base_hint}"  # type: ignore[union-attr]
             )
-        return obj
+        return cast("type[T]", obj)  # checked against the base just above
 
     # ------------------------------------------------------------------ internals
     def _is_valid(self, obj: Any) -> bool:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_bench.api.collectives import gather_batch
+from cl_bench.models.backbone import as_clip
 
 # -- the CLIP task loss -------------------------------------------------------------------
 
@@ -27,15 +28,16 @@ def clip_features(
     model: nn.Module, images: torch.Tensor, text_tokens: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalized image [B, D] and text [C, D] features."""
-    image_features = F.normalize(model.encode_image(images), dim=-1)
-    text_features = F.normalize(model.encode_text(text_tokens), dim=-1)
+    clip = as_clip(model)
+    image_features = F.normalize(clip.encode_image(images), dim=-1)
+    text_features = F.normalize(clip.encode_text(text_tokens), dim=-1)
     return image_features, text_features
 
 
 def clip_logits(model: nn.Module, images: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
     """logit_scale.exp() * normalize(img) @ normalize(txt).T with the model's own scale: [B, C]."""
     image_features, text_features = clip_features(model, images, text_tokens)
-    return model.logit_scale.exp() * image_features @ text_features.T
+    return as_clip(model).logit_scale.exp() * image_features @ text_features.T
 
 
 def contrastive_loss(

@@ -17,7 +17,7 @@ import typer
 try:  # typer >= 0.20 vendors click
     from typer._click import exceptions as click_exc
 except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import exceptions as click_exc
+    from click import exceptions as click_exc  # type: ignore[no-redef]  # same module, older home
 
 from cl_bench.engine.config import RunConfig, cli_options, from_cli, load_config_file
 from cl_bench.errors import RunFailed, UserError

@@ -14,6 +14,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -37,7 +38,7 @@ class RichReporter:
             console=console,
             transient=False,
         )
-        self.current: int | None = None
+        self.current: TaskID | None = None
 
     def __enter__(self) -> RichReporter:
         self.progress.start()
@@ -57,7 +58,10 @@ class RichReporter:
         info = "  ".join(
             f"{k}={v:.4g}" for k, v in (scalars or {}).items() if k not in ("task", "step")
         )
-        self.progress.update(self.current, advance=n, **({"info": info} if info else {}))
+        if info:
+            self.progress.update(self.current, advance=n, info=info)
+        else:
+            self.progress.update(self.current, advance=n)
 
     def message(self, text: str) -> None:
         self.progress.console.print(f"[dim]{text}[/dim]")

@@ -260,8 +260,9 @@ def run_bench(
         if engine.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(engine.device)
 
-        tr = {"engine": [], "bare": []}
-        ev = {"engine": [], "bare": []}
+        tr: dict[str, list[tuple[float, float]]] = {"engine": [], "bare": []}
+        ev: dict[str, list[tuple[float, float]]] = {"engine": [], "bare": []}
+        phases: dict[str, Callable[..., Any]]  # lambdas binding loop variables as defaults
         cache_stats: dict[str, int] = {}
         trains = False
         for r in range(repeats):

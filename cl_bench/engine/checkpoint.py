@@ -28,6 +28,7 @@ import json
 import math
 import random
 import re
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
@@ -196,7 +197,7 @@ def _int_list(x: Any, name: str, length: int | None, bound: int) -> list[int]:
     return x
 
 
-def _keys(x: Any, name: str, want: set[str], optional: set[str] = frozenset()) -> dict:
+def _keys(x: Any, name: str, want: set[str], optional: AbstractSet[str] = frozenset()) -> dict:
     if not isinstance(x, dict):
         raise _Invalid(f"{name} is not an object")
     missing, unknown = want - set(x), set(x) - want - optional

@@ -200,7 +200,12 @@ def run_options() -> list[RunOption]:
         meta = f.metadata
         if "help" not in meta:
             raise TypeError(f"RunConfig.{f.name} is not declared with option(...)")
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            raise TypeError(f"RunConfig.{f.name} has no default")
         out.append(
             RunOption(
                 name=f.name,

@@ -131,8 +131,11 @@ class Distributed:
         # every rank runs the same graph, so the hooks fire in the same order everywhere.
 
     def _average(self, param: torch.Tensor) -> None:
-        dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)  # gloo has no AVG
-        param.grad.div_(self.world_size)
+        grad = param.grad
+        if grad is None:  # a post-accumulate-grad hook runs once the gradient is stored
+            raise RuntimeError("gradient averaging hook ran on a parameter without a gradient")
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)  # gloo has no AVG
+        grad.div_(self.world_size)
 
     def detach(self) -> None:
         for handle in self._hooks:

@@ -54,11 +54,13 @@ from cl_bench.api.optim import OptimizerConfig
 from cl_bench.api.registry import register_learner
 from cl_bench.api.toolkit import clip_features, frozen_copy
 from cl_bench.errors import UserError
+from cl_bench.models.backbone import as_clip
 
 
 def block_candidates(model: nn.Module) -> list[tuple[str, int, dict[str, nn.Parameter]]]:
     """(encoder, layer, {tensor name: parameter}) for every transformer block of both towers."""
-    towers = (("vision", model.visual.transformer), ("text", model.transformer))
+    clip: Any = model  # open_clip CLIP towers: attributes nn.Module's stubs cannot type
+    towers = (("vision", clip.visual.transformer), ("text", clip.transformer))
     return [
         (encoder, layer, dict(block.named_parameters()))
         for encoder, tower in towers
@@ -179,7 +181,7 @@ class CLIPAST(Learner):
                     }
                 )
         self.selected = selected
-        self.task_start = {}
+        self.task_start: dict[int, torch.Tensor] = {}  # frees the warm-up's task-start copies
         self.ctx.record("selected", rows)
         count = sum(r["numel"] for r in rows if r["selected"])
         self.selected_per_task.append(count)
@@ -194,7 +196,9 @@ class CLIPAST(Learner):
         self.ctx.note(f"{self.name}.lr", self.optimizer_config(task).lr)
         self.ctx.note(f"{self.name}.selection_warmup_steps", self.select_after)
         with torch.no_grad():
-            self.frozen_text = F.normalize(self.frozen.encode_text(task.text_tokens), dim=-1)
+            self.frozen_text: torch.Tensor | None = F.normalize(
+                as_clip(self.frozen).encode_text(task.text_tokens), dim=-1
+            )
         self.current_task = task
 
     def trainable(self, task: Task) -> list[nn.Parameter]:
@@ -202,18 +206,22 @@ class CLIPAST(Learner):
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The four loss terms on a batch (task CE, L1 image, L1 text, KL)."""
+        frozen_text = self.frozen_text
+        if frozen_text is None:
+            raise RuntimeError("clip_ast: losses outside a task (begin_task encodes the prompts)")
+        frozen = as_clip(self.frozen)
         image, text = clip_features(self.model, batch.images, batch.text_tokens)
-        logits = self.model.logit_scale.exp() * image @ text.T
+        logits = as_clip(self.model).logit_scale.exp() * image @ text.T
         with torch.no_grad():
-            frozen_image = F.normalize(self.frozen.encode_image(batch.images), dim=-1)
-            frozen_logits = self.frozen.logit_scale.exp() * frozen_image @ self.frozen_text.T
+            frozen_image = F.normalize(frozen.encode_image(batch.images), dim=-1)
+            frozen_logits = frozen.logit_scale.exp() * frozen_image @ frozen_text.T
         ce = F.cross_entropy(logits, batch.labels, label_smoothing=self.cfg.label_smoothing)
         l1_image, l1_text, kl = self_consistency(
             image,
             text,
             logits,
             frozen_image,
-            self.frozen_text,
+            frozen_text,
             frozen_logits,
             self.cfg.kl_temperature,
         )

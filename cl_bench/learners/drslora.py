@@ -50,10 +50,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from cl_bench.api.context import RunContext
 from cl_bench.api.learner import StepInfo, Task
 from cl_bench.api.registry import register_learner
 from cl_bench.errors import UserError
 from cl_bench.learners.lora import CODYRA_ITERATIONS, LoRA
+from cl_bench.models.backbone import Backbone
 
 KappaSchedule = Literal["auto", "paper_total", "official"]
 
@@ -148,7 +150,7 @@ class DRSLoRA(LoRA):
         )
         reference_iterations: int = CODYRA_ITERATIONS  # the budget Σκ is taken from
 
-    def __init__(self, backbone, cfg, ctx) -> None:
+    def __init__(self, backbone: Backbone, cfg: DRSLoRA.Config, ctx: RunContext) -> None:
         super().__init__(backbone, cfg, ctx)
         self.dense_fraction = (
             cfg.dense_fraction
@@ -161,7 +163,7 @@ class DRSLoRA(LoRA):
             raise UserError("--set kappa_levels must be >= 1 and kappa_max >= 0")
         if cfg.reference_iterations < 1:
             raise UserError("--set reference_iterations must be >= 1")
-        self.schedule_kind = (
+        self.schedule_kind: Literal["paper_total", "official"] = (
             cfg.kappa_schedule
             if cfg.kappa_schedule != "auto"
             else ("paper_total" if ctx.world == "toy" else "official")
@@ -189,7 +191,7 @@ class DRSLoRA(LoRA):
         return {"kappa": kappa}
 
     def before_merge(self, task: Task) -> None:
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "task": task.name,
                 "encoder": a.site.encoder,
@@ -198,7 +200,7 @@ class DRSLoRA(LoRA):
                 "rank": a.block.rank,
                 "surviving": a.block.surviving_ranks(),
             }
-            for a in self.adapter.attached
+            for a in self._adapter().attached
         ]
         self.ctx.record("ranks", rows)
         surviving = sum(r["surviving"] for r in rows)

@@ -37,7 +37,14 @@ import torch
 from cl_bench.api.learner import Task
 from cl_bench.api.registry import register_learner
 from cl_bench.learners.lora import CODYRA_ITERATIONS, LoRA
-from cl_bench.models.lora import LoRAAdapter, find_sites
+from cl_bench.models.lora import LoRAAdapter, LowRankBlock, find_sites
+
+
+def gate_score(block: LowRankBlock) -> float:
+    """The block's gate score s (the gated variant's blocks all have one)."""
+    if block.gate_score is None:
+        raise RuntimeError("gated_lora: a LoRA block without a gate score (not the gated variant)")
+    return float(block.gate_score.detach())
 
 
 @register_learner("gated_lora")
@@ -84,16 +91,16 @@ class GatedLoRA(LoRA):
         return penalty, {"gate_penalty": penalty.detach(), "active_fraction": active}
 
     def before_merge(self, task: Task) -> None:
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "task": task.name,
                 "encoder": a.site.encoder,
                 "layer": a.site.layer,
                 "kind": a.site.kind,
-                "score": float(a.block.gate_score.detach()),
+                "score": gate_score(a.block),
                 "active": a.block.is_active(),
             }
-            for a in self.adapter.attached
+            for a in self._adapter().attached
         ]
         self.ctx.record("gates", rows)
         fractions = dict(self.ctx.derived.get("gated_lora.active_fraction_per_task", {}))

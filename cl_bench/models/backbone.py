@@ -4,10 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
+
+
+class CLIPModel(Protocol):
+    """What the harness calls on a CLIP model (open_clip's CLIP, the toy CLIP) besides nn.Module."""
+
+    logit_scale: torch.Tensor
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor: ...
+
+
+def as_clip(model: nn.Module) -> CLIPModel:
+    """`model` typed as a `CLIPModel`. Only a cast: torch's stubs type every attribute of an
+    nn.Module as `Tensor | Module`, so `model.encode_image(...)` would not type-check."""
+    return cast(CLIPModel, model)
 
 
 @dataclass

@@ -18,13 +18,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, ClassVar, Protocol
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Protocol
 
 from cl_bench.analysis.results import MANIFEST_FILE, SUMMARY_FILE, read_manifest
 from cl_bench.api.registry import Registry, available_learners, get_learner
 from cl_bench.engine.config import RunConfig, run_options
 from cl_bench.errors import RunFailed, UserError
 from cl_bench.sweep.commands import run_args, stop_process, tail
+
+if TYPE_CHECKING:
+    from rich.live import Live
 
 
 # ------------------------------------------------------------------------------ plan
@@ -337,7 +340,7 @@ class GridView:
 
         self.learners, self.seeds = learners, seeds
         self.console = console or Console(stderr=True)
-        self.live = None
+        self.live: Live | None = None
         self.seen: dict[tuple[str, int], str] = {}
 
     def render(self, jobs: list[Job], states: dict[Job, CellState]):

@@ -38,7 +38,7 @@ def _names(names: list[str] | None, setting: str | None, order: str | None) -> l
             load_spec(n)  # unknown names fail here, listing the valid ones
         return list(names)
     if setting:
-        from cl_bench.engine.settings import resolve_setting
+        from cl_bench.data.taskfiles import resolve_setting
 
         return list(resolve_setting(setting, "real", order).eval_datasets)
     return available_datasets()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cl_bench.engine.settings import check_keys, read_toml, tasks_dir
+from cl_bench.data.taskfiles import check_keys, read_toml, tasks_dir
 from cl_bench.errors import UserError
 
 TOP_REQUIRED = {

@@ -154,11 +154,11 @@ def zero_shot_accuracies(model, test_images_per_domain: int | None = None) -> di
     """
     import torch
 
+    from cl_bench.data.scoring import image_features, text_classifier, top1_accuracy, top1_correct
+    from cl_bench.data.taskfiles import load_setting_file
     from cl_bench.data.toy.model import toy_tokenizer
     from cl_bench.data.toy.world import ToyWorld
     from cl_bench.data.world import ImageSet
-    from cl_bench.engine.evaluator import evaluate_all
-    from cl_bench.engine.settings import load_setting_file
     from cl_bench.models.backbone import Backbone
 
     world = ToyWorld()
@@ -172,10 +172,25 @@ def zero_shot_accuracies(model, test_images_per_domain: int | None = None) -> di
     bb = Backbone(model, toy_tokenizer(), IMAGE_SIZE_PX, MEAN, STD, MODEL_NAME, "pretraining")
     device = torch.device("cpu")
     xtail = tuple(load_setting_file("xtail")["datasets"])
-    own = evaluate_all(model, bb, infos, tests, tuple(names), (), False, 512, device)
-    union = evaluate_all(model, bb, infos, tests, xtail, (), True, 512, device)
+    # what the engine's evaluation computes (fp32, no cache): one text classifier per domain,
+    # the X-TAIL union space their concatenation in setting order, labels offset to a block
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            classifiers = {n: text_classifier(model, bb.tokenizer, infos[n], device) for n in names}
+            feats = {n: image_features(model, bb, tests[n], 512, device) for n in names}
+    finally:
+        model.train(was_training)
+
+    def accuracy(name: str, classifier: torch.Tensor, offset: int) -> float:
+        correct = top1_correct(feats[name], tests[name].labels, classifier, offset)
+        return round(top1_accuracy(correct, len(tests[name])), 2)
+
+    union = torch.cat([classifiers[n] for n in xtail])
+    offsets = np.cumsum([0] + [infos[n].num_classes for n in xtail])[:-1]
     return {
-        "own": {r.dataset: round(r.accuracy, 2) for r in own},
-        "xtail_union": {r.dataset: round(r.accuracy, 2) for r in union},
+        "own": {n: accuracy(n, classifiers[n], 0) for n in names},
+        "xtail_union": {n: accuracy(n, union, int(o)) for n, o in zip(xtail, offsets, strict=True)},
         "test_images_per_domain": test_images_per_domain,
     }

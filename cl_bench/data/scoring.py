@@ -1,0 +1,115 @@
+"""Zero-shot CLIP scoring: template-averaged text classifiers, image features of a test set,
+and top-1 counts against a classifier's rows.
+
+Pure functions of a model and a dataset, shared by the engine's evaluator
+(`cl_bench.engine.evaluator`, which adds caching, precision and the task-agnostic label space
+and re-exports them) and the toy world's pretraining record (`cl_bench.data.toy.pretrain`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cl_bench.data.world import DatasetInfo, ImageSet
+from cl_bench.models.backbone import Backbone, as_clip
+
+TEXT_CHUNK = 1024  # prompts per encode_text call
+SCORE_CHUNK = 8192  # image features scored against a classifier at once (bounds logits memory)
+
+
+def top1_accuracy(correct: int, total: int) -> float:
+    """Top-1 accuracy in percent; NaN for an empty test set."""
+    return 100.0 * correct / total if total else float("nan")
+
+
+@torch.inference_mode()
+def text_classifier(
+    model: nn.Module,
+    tokenize: Callable[[list[str]], torch.Tensor],
+    info: DatasetInfo,
+    device: torch.device,
+) -> torch.Tensor:
+    """[num_classes, D]: mean over templates of normalized text features, renormalized."""
+    prompts = [t.format(c) for t in info.templates for c in info.classnames]
+    tokens = tokenize(prompts).to(device)
+    clip = as_clip(model)
+    feats = torch.cat(
+        [
+            F.normalize(clip.encode_text(tokens[i : i + TEXT_CHUNK]).float(), dim=-1)
+            for i in range(0, len(prompts), TEXT_CHUNK)
+        ]
+    )
+    feats = feats.view(len(info.templates), info.num_classes, -1).mean(dim=0)
+    return F.normalize(feats, dim=-1)
+
+
+def uint8_batches(
+    images: np.ndarray, batch_size: int, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Consecutive uint8 NHWC batches on `device`; pinned + non-blocking copies on CUDA."""
+    for start in range(0, len(images), batch_size):
+        array = np.ascontiguousarray(images[start : start + batch_size])
+        if not array.flags.writeable:  # a read-only memmap slice: torch wants its own copy
+            array = array.copy()
+        chunk = torch.from_numpy(array)
+        if device.type == "cuda":
+            chunk = chunk.pin_memory().to(device, non_blocking=True)
+        yield chunk
+
+
+@torch.inference_mode()
+def image_features(
+    model: nn.Module,
+    backbone: Backbone,
+    images: ImageSet,
+    batch_size: int,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """[N, D] normalized fp32 image features of a test set, in order (no host syncs)."""
+    clip = as_clip(model)
+    parts = []
+    for chunk in uint8_batches(images.images, batch_size, device):
+        parts.append(F.normalize(clip.encode_image(backbone.normalize(chunk)).float(), dim=-1))
+        if on_batch is not None:
+            on_batch(chunk.shape[0])
+    return torch.cat(parts) if parts else torch.empty(0, 0, device=device)
+
+
+@torch.inference_mode()
+def top1_correct(
+    features: torch.Tensor, labels: np.ndarray, classifier: torch.Tensor, label_offset: int
+) -> int:
+    """How many rows of `features` score highest on the classifier row of their label."""
+    return top1_counts(features, labels, classifier, label_offset)[0]
+
+
+@torch.inference_mode()
+def top1_counts(
+    features: torch.Tensor,
+    labels: np.ndarray,
+    classifier: torch.Tensor,
+    label_offset: int,
+    block_starts: np.ndarray | None = None,
+) -> tuple[int, tuple[int, ...]]:
+    """(top-1 correct, predictions per block): block k holds classifier rows
+    block_starts[k] .. block_starts[k + 1] - 1 (the union classifier's domains); no blocks
+    given, no per-block counts."""
+    device = features.device
+    target = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+    starts = None if block_starts is None else torch.as_tensor(block_starts, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    per_block = torch.zeros(0 if starts is None else len(starts), dtype=torch.long, device=device)
+    for start in range(0, features.shape[0], SCORE_CHUNK):
+        pred = (features[start : start + SCORE_CHUNK] @ classifier.T).argmax(dim=1)
+        correct += pred.eq(target[start : start + SCORE_CHUNK] + label_offset).sum()
+        if starts is not None:
+            block = torch.bucketize(pred, starts, right=True) - 1
+            per_block += torch.bincount(block, minlength=len(starts))
+    # the one host sync per dataset
+    return int(correct), tuple(int(c) for c in per_block.tolist())

@@ -1,0 +1,224 @@
+"""Task files: the `tasks/` folder, its TOML readers, and the settings in `tasks/settings/`.
+
+Settings (protocols) are versioned data in `tasks/settings/*.toml`, dataset specs in
+`tasks/datasets/*.toml` (read by `cl_bench.data.real.spec`). Unknown or missing keys are
+errors: in a benchmark a typo must not become a silent default. This module sits on the data
+layer so that the worlds can read task files; `cl_bench.engine.settings` re-exports it.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cl_bench.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+WORLD_KEYS = {"iterations", "few_shot_iterations", "batch_size", "full_finetune_lr", "shots"}
+REQUIRED = {
+    "name",
+    "version",
+    "description",
+    "task_agnostic",
+    "holdout",
+    "shots",
+    "iterations",
+    "batch_size",
+    "split_seed",
+}
+OPTIONAL = {"datasets", "orders", "few_shot_iterations", "real", "toy"}
+
+
+def tasks_dir() -> Path:
+    """The `tasks/` data directory.
+
+    $CLBENCH_TASKS_DIR when set; else the data package `cl_bench.tasks` (the repository's
+    top-level tasks/ folder, shipped inside the wheel and mapped there by an editable install);
+    else tasks/ beside the package in a checkout whose editable install predates that mapping.
+    """
+    env = os.environ.get("CLBENCH_TASKS_DIR")
+    if env:
+        if (Path(env) / "settings").is_dir():
+            return Path(env)
+        raise UserError(
+            f"CLBENCH_TASKS_DIR={env} has no settings/ folder; point it at a tasks/ directory or unset it"
+        )
+    for path in (_packaged_tasks_dir(), Path(__file__).resolve().parents[2] / "tasks"):
+        if path is not None and (path / "settings").is_dir():
+            return path
+    raise UserError(
+        "cannot find the tasks/ directory (the data package cl_bench.tasks); reinstall cl-bench (pip install -e . in a checkout) or set CLBENCH_TASKS_DIR"
+    )
+
+
+def _packaged_tasks_dir() -> Path | None:
+    """The folder of the `cl_bench.tasks` data package, or None when it is not installed."""
+    try:
+        root = importlib.resources.files("cl_bench.tasks")
+    except ModuleNotFoundError:
+        return None
+    # A namespace package (tasks/ has no __init__.py) gives a MultiplexedPath, not a Path:
+    # its children are real paths on disk.
+    settings = root.joinpath("settings")
+    return Path(str(settings)).parent if settings.is_dir() else None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: malformed TOML ({exc}); fix the file") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}; check the path") from None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A protocol resolved for one world, order and shot count."""
+
+    name: str
+    version: int
+    description: str
+    task_agnostic: bool
+    datasets: tuple[str, ...]  # the stream, in task order
+    holdout: tuple[str, ...]
+    order: str
+    shots: int | None  # None = all training images
+    iterations: int  # per task, for this world (after --iterations override)
+    paper_iterations: int  # the paper's per-task budget (schedules scale against it)
+    batch_size: int
+    split_seed: int
+    full_finetune_lr: float
+    world: str
+
+    @property
+    def eval_datasets(self) -> tuple[str, ...]:
+        return self.datasets + tuple(h for h in self.holdout if h not in self.datasets)
+
+
+def check_keys(where: str, table: dict[str, Any], required: set[str], optional: set[str]) -> None:
+    """Strict tables (settings, dataset specs): a missing or unknown key is an error, not a default."""
+    missing = required - table.keys()
+    unknown = table.keys() - required - optional
+    if missing:
+        raise UserError(f"{where}: missing keys {sorted(missing)}; add them")
+    if unknown:
+        raise UserError(
+            f"{where}: unknown keys {sorted(unknown)}; valid keys are {sorted(required | optional)}"
+        )
+
+
+def available_settings() -> list[str]:
+    return sorted(p.stem for p in (tasks_dir() / "settings").glob("*.toml"))
+
+
+def load_setting_file(name: str) -> dict[str, Any]:
+    path = tasks_dir() / "settings" / f"{name}.toml"
+    if not path.is_file():
+        valid = ", ".join(available_settings())
+        raise UserError(f"unknown setting {name!r}; valid settings: {valid}")
+    raw = read_toml(path)
+    check_keys(str(path), raw, REQUIRED, OPTIONAL)
+    if ("datasets" in raw) == ("orders" in raw):
+        raise UserError(f"{path}: give exactly one of 'datasets' or '[orders]'")
+    for world in ("real", "toy"):
+        bad = set(raw.get(world, {})) - WORLD_KEYS
+        if bad:
+            raise UserError(
+                f"{path}: unknown keys {sorted(bad)} in [{world}]; valid: {sorted(WORLD_KEYS)}"
+            )
+    _check_dataset_names(path, raw)
+    raw["_path"] = str(path)
+    return raw
+
+
+def _check_dataset_names(path: Path, raw: dict[str, Any]) -> None:
+    """Every dataset a setting names must have its task file in tasks/datasets/."""
+    known = sorted(p.stem for p in (tasks_dir() / "datasets").glob("*.toml"))
+    lists = {"holdout": raw["holdout"]}
+    if "datasets" in raw:
+        lists["datasets"] = raw["datasets"]
+    else:
+        if not isinstance(raw["orders"], dict) or not raw["orders"]:
+            raise UserError(f"{path}: [orders] must be a table of order name -> dataset list")
+        lists.update({f"orders.{k}": v for k, v in raw["orders"].items()})
+    for key, names in lists.items():
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise UserError(f"{path}: {key} must be a list of dataset names")
+        unknown = [n for n in names if n not in known]
+        if known and unknown:
+            raise UserError(
+                f"{path}: unknown dataset(s) {unknown} in {key}; valid: {', '.join(known)} (one file each in tasks/datasets/)"
+            )
+
+
+def resolve_setting(
+    name: str,
+    world: str,
+    order: str | None = None,
+    shots: int | None = None,
+    iterations: int | None = None,
+    batch_size: int | None = None,
+) -> Setting:
+    raw = load_setting_file(name)
+    per_world = raw.get(world, {})
+    if "orders" in raw:
+        orders = raw["orders"]
+        order = order or next(iter(orders))
+        if order not in orders:
+            raise UserError(
+                f"setting {name} has no order {order!r}; valid orders: {', '.join(orders)}"
+            )
+        datasets = orders[order]
+    else:
+        if order not in (None, "I"):
+            raise UserError(f"setting {name} has a single order (I); drop --order {order}")
+        order = "I"
+        datasets = raw["datasets"]
+    default_shots = per_world.get("shots", raw["shots"])
+    eff_shots = default_shots if shots is None else shots
+    if eff_shots is not None and eff_shots < 0:
+        raise UserError(f"--shots must be >= 0 (0 = all images), got {eff_shots}")
+    few_shot_variant = shots is not None and shots > 0 and not raw["shots"]
+    if few_shot_variant and "few_shot_iterations" in raw:
+        paper_iters = int(raw["few_shot_iterations"])
+        world_iters = int(
+            per_world.get("few_shot_iterations", per_world.get("iterations", paper_iters))
+        )
+    else:
+        paper_iters = int(raw["iterations"])
+        world_iters = int(per_world.get("iterations", paper_iters))
+    if iterations is not None:
+        if iterations <= 0:
+            raise UserError(f"--iterations must be a positive integer, got {iterations}")
+        world_iters = iterations
+    bs = int(per_world.get("batch_size", raw["batch_size"])) if batch_size is None else batch_size
+    if bs <= 0:
+        raise UserError(f"--batch-size must be a positive integer, got {bs}")
+    if "full_finetune_lr" not in per_world:
+        raise UserError(f"{raw['_path']}: [{world}] needs full_finetune_lr")
+    return Setting(
+        name=raw["name"],
+        version=int(raw["version"]),
+        description=raw["description"],
+        task_agnostic=bool(raw["task_agnostic"]),
+        datasets=tuple(datasets),
+        holdout=tuple(raw["holdout"]),
+        order=order,
+        shots=eff_shots or None,
+        iterations=world_iters,
+        paper_iterations=paper_iters,
+        batch_size=bs,
+        split_seed=int(raw["split_seed"]),
+        full_finetune_lr=float(per_world["full_finetune_lr"]),
+        world=world,
+    )
