@@ -132,7 +132,15 @@ class Trainer:
         logged: dict[str, Any] = {"loss": loss.detach(), **scalars}
         if run.settings is not None and run.settings.grad_clip_norm is not None:
             run.scaler.unscale_(run.optimizer)
-            logged["grad_norm"] = nn.utils.clip_grad_norm_(run.params, run.settings.grad_clip_norm)
+            norm = nn.utils.clip_grad_norm_(run.params, run.settings.grad_clip_norm)
+            if run.scaler.is_enabled():
+                # fp16: an overflowing step is skipped by the scaler (its scale goes down),
+                # not a failure; log it as such instead of a non-finite norm
+                finite = torch.isfinite(norm)
+                logged["grad_norm"] = torch.where(finite, norm, torch.zeros_like(norm))
+                logged["skipped_steps"] = (~finite).float()
+            else:
+                logged["grad_norm"] = norm
         run.scaler.step(run.optimizer)
         run.scaler.update()
         logged["lr"] = run.optimizer.param_groups[0]["lr"]
