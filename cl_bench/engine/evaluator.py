@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cl_bench.api.learner import LabelSpace
+from cl_bench.api.learner import LabelSpace, Learner
 from cl_bench.data.scoring import (
     image_features,
     text_classifier,
@@ -34,7 +34,10 @@ from cl_bench.data.scoring import (
     uint8_batches,
 )
 from cl_bench.data.world import DatasetInfo, ImageSet
+from cl_bench.engine.distributed import Distributed
 from cl_bench.engine.precision import autocast
+from cl_bench.engine.progress import NullReporter, Reporter
+from cl_bench.engine.settings import Setting
 from cl_bench.errors import UserError
 from cl_bench.models.backbone import Backbone
 
@@ -331,3 +334,68 @@ def evaluate_all(
         return results
     finally:
         model.train(was_training)
+
+
+def subsample(images: ImageSet, limit: int | None, seed: int) -> ImageSet:
+    """A fixed random subset of at most `limit` images (same for every run with this seed)."""
+    if limit is None or limit >= len(images):
+        return images
+    idx = np.sort(np.random.default_rng(seed).permutation(len(images))[:limit])
+    return ImageSet(images.images[idx], images.labels[idx], f"{images.ids_hash}-first{limit}")
+
+
+class Evaluator:
+    """Scores a learner on every test set of the run: this rank's share, counts summed.
+
+    The text classifiers and image features live in one `EvalCache` across the run's
+    evaluations (exact: see evaluator.py); a learner with its own `eval_logits` scores the
+    images itself and its image scores are never cached.
+    """
+
+    def __init__(
+        self,
+        setting: Setting,
+        backbone: Backbone,
+        infos: dict[str, DatasetInfo],
+        test_sets: dict[str, ImageSet],
+        batch_size: int,
+        device: torch.device,
+        precision: str = "fp32",
+        dist: Distributed | None = None,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.setting = setting
+        self.backbone = backbone
+        self.infos = infos
+        self.test_sets = test_sets
+        self.batch_size = batch_size
+        self.device = device
+        self.precision = precision
+        self.dist = dist or Distributed()
+        self.reporter: Reporter = reporter or NullReporter()
+        self.cache = EvalCache()
+
+    def evaluate(self, learner: Learner, label: str) -> list[EvalResult]:
+        s = self.setting
+        eval_sets = {n: self.dist.shard_images(t) for n, t in self.test_sets.items()}
+        self.reporter.phase(label, sum(len(eval_sets[n]) for n in s.eval_datasets))
+        results = evaluate_all(
+            learner.eval_model(),
+            self.backbone,
+            self.infos,
+            eval_sets,
+            s.datasets,
+            tuple(h for h in s.holdout if h not in s.datasets),
+            s.task_agnostic,
+            self.batch_size,
+            self.device,
+            on_batch=lambda n: self.reporter.advance(n),
+            cache=self.cache,
+            precision=self.precision,
+            custom_logits=learner.eval_logits if learner.custom_eval_logits else None,
+        )
+        counts = self.dist.sum_counts([(r.correct, r.total, *r.predicted_domains) for r in results])
+        return [
+            EvalResult(r.dataset, r.split, c, n, tuple(domains))
+            for r, (c, n, *domains) in zip(results, counts, strict=True)
+        ]

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,11 +39,12 @@ from cl_bench.data.world import DatasetInfo, DataWorld, ImageSet
 from cl_bench.data.worlds import get_world
 from cl_bench.engine import checkpoint as ckpt
 from cl_bench.engine.config import RunConfig
-from cl_bench.engine.distributed import Distributed, from_environment
-from cl_bench.engine.evaluator import EvalCache, EvalResult, evaluate_all
+from cl_bench.engine.distributed import from_environment
+from cl_bench.engine.evaluator import Evaluator, subsample
+from cl_bench.engine.progress import NullReporter, Reporter
 from cl_bench.engine.recorder import Manifest, Recorder, task_record
-from cl_bench.engine.rundir import RESUME_FIXED_KEYS, RunDirectory
-from cl_bench.engine.settings import Setting, resolve_setting
+from cl_bench.engine.rundir import RESUME_FIXED_KEYS, RunDirectory, default_run_dir, run_id_of
+from cl_bench.engine.settings import resolve_setting
 from cl_bench.engine.trainer import BatchStream, Trainer
 from cl_bench.errors import UserError
 from cl_bench.models.backbone import Backbone
@@ -64,25 +65,6 @@ __all__ = [
 ]
 
 
-class Reporter(Protocol):
-    """Progress sink (the CLI draws rich bars; tests pass nothing)."""
-
-    def phase(self, label: str, total: int) -> None: ...
-    def advance(self, n: int = 1, scalars: dict[str, float] | None = None) -> None: ...
-    def message(self, text: str) -> None: ...
-
-
-class NullReporter:
-    def phase(self, label: str, total: int) -> None:
-        pass
-
-    def advance(self, n: int = 1, scalars: dict[str, float] | None = None) -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        pass
-
-
 @dataclass
 class RunOutcome:
     run_dir: Path
@@ -95,84 +77,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def default_run_dir(cfg: RunConfig, setting: Setting, learner_name: str, world_name: str) -> Path:
-    parts = [world_name, setting.name]
-    if cfg.order not in (None, "I"):
-        parts.append(f"order{setting.order}")
-    if cfg.shots is not None:
-        parts.append(f"{setting.shots or 0}shot" if setting.shots else "fullshot")
-    return Path("results") / "runs" / "-".join(parts + [learner_name, f"seed{cfg.seed}"])
-
-
-def run_id_of(cfg: RunConfig, setting: Setting, learner_name: str, world_name: str) -> str:
-    return default_run_dir(cfg, setting, learner_name, world_name).name
-
-
-def subsample(images: ImageSet, limit: int | None, seed: int) -> ImageSet:
-    """A fixed random subset of at most `limit` images (same for every run with this seed)."""
-    if limit is None or limit >= len(images):
-        return images
-    idx = np.sort(np.random.default_rng(seed).permutation(len(images))[:limit])
-    return ImageSet(images.images[idx], images.labels[idx], f"{images.ids_hash}-first{limit}")
-
-
-class Evaluator:
-    """Scores a learner on every test set of the run: this rank's share, counts summed.
-
-    The text classifiers and image features live in one `EvalCache` across the run's
-    evaluations (exact: see evaluator.py); a learner with its own `eval_logits` scores the
-    images itself and its image scores are never cached.
-    """
-
-    def __init__(
-        self,
-        setting: Setting,
-        backbone: Backbone,
-        infos: dict[str, DatasetInfo],
-        test_sets: dict[str, ImageSet],
-        batch_size: int,
-        device: torch.device,
-        precision: str = "fp32",
-        dist: Distributed | None = None,
-        reporter: Reporter | None = None,
-    ) -> None:
-        self.setting = setting
-        self.backbone = backbone
-        self.infos = infos
-        self.test_sets = test_sets
-        self.batch_size = batch_size
-        self.device = device
-        self.precision = precision
-        self.dist = dist or Distributed()
-        self.reporter: Reporter = reporter or NullReporter()
-        self.cache = EvalCache()
-
-    def evaluate(self, learner: Learner, label: str) -> list[EvalResult]:
-        s = self.setting
-        eval_sets = {n: self.dist.shard_images(t) for n, t in self.test_sets.items()}
-        self.reporter.phase(label, sum(len(eval_sets[n]) for n in s.eval_datasets))
-        results = evaluate_all(
-            learner.eval_model(),
-            self.backbone,
-            self.infos,
-            eval_sets,
-            s.datasets,
-            tuple(h for h in s.holdout if h not in s.datasets),
-            s.task_agnostic,
-            self.batch_size,
-            self.device,
-            on_batch=lambda n: self.reporter.advance(n),
-            cache=self.cache,
-            precision=self.precision,
-            custom_logits=learner.eval_logits if learner.custom_eval_logits else None,
-        )
-        counts = self.dist.sum_counts([(r.correct, r.total, *r.predicted_domains) for r in results])
-        return [
-            EvalResult(r.dataset, r.split, c, n, tuple(domains))
-            for r, (c, n, *domains) in zip(results, counts, strict=True)
-        ]
 
 
 class Engine:

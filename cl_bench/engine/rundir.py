@@ -25,6 +25,7 @@ from cl_bench.analysis.results import (
 )
 from cl_bench.engine import checkpoint as ckpt
 from cl_bench.engine.config import RunConfig
+from cl_bench.engine.settings import Setting
 from cl_bench.errors import UserError
 
 # Config keys that decide what the rows are (identity columns, evaluated datasets, test
@@ -42,6 +43,19 @@ RESUME_FIXED_KEYS = (
     "model",
     "pretrained",
 )
+
+
+def default_run_dir(cfg: RunConfig, setting: Setting, learner_name: str, world_name: str) -> Path:
+    parts = [world_name, setting.name]
+    if cfg.order not in (None, "I"):
+        parts.append(f"order{setting.order}")
+    if cfg.shots is not None:
+        parts.append(f"{setting.shots or 0}shot" if setting.shots else "fullshot")
+    return Path("results") / "runs" / "-".join(parts + [learner_name, f"seed{cfg.seed}"])
+
+
+def run_id_of(cfg: RunConfig, setting: Setting, learner_name: str, world_name: str) -> str:
+    return default_run_dir(cfg, setting, learner_name, world_name).name
 
 
 class RunDirectory:
