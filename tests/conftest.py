@@ -116,3 +116,14 @@ def tiny_run(tmp_path: Path) -> TinyRun:
         return engine
 
     return run
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one torch thread (and leave the other core to other work)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

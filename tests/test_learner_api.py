@@ -28,12 +28,7 @@ from cl_bench.errors import UserError
 HERE = __name__  # how this module is imported (tests/ is on sys.path): targets name it
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(learner: str, out: Path, **options: Any) -> RunConfig:

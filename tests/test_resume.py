@@ -51,7 +51,7 @@ def _install_kill(spec: str) -> None:
 
     import cl_bench.analysis.results
     import cl_bench.engine.checkpoint
-    import cl_bench.engine.loop
+    import cl_bench.engine.evaluator
 
     kind, *args = spec.split(":") if spec else [""]
     state = {"after_task": 0, "writes": 0, "batches": 0}
@@ -85,7 +85,7 @@ def _install_kill(spec: str) -> None:
     Finetune.begin_task, Finetune.end_task = begin_task, end_task
 
     if kind == "eval":
-        original_eval = cl_bench.engine.loop.evaluate_all
+        original_eval = cl_bench.engine.evaluator.evaluate_all
 
         def evaluate_all(*a, on_batch=None, **kw):
             def counted(n: int) -> None:
@@ -98,7 +98,7 @@ def _install_kill(spec: str) -> None:
             state["batches"] = 0
             return original_eval(*a, on_batch=counted, **kw)
 
-        cl_bench.engine.loop.evaluate_all = evaluate_all
+        cl_bench.engine.evaluator.evaluate_all = evaluate_all
 
     if kind == "write":
         original_atomic = cl_bench.analysis.results.atomic_write
