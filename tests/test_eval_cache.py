@@ -19,8 +19,7 @@ from cl_bench.api.registry import register_learner
 from cl_bench.api.toolkit import clip_logits, contrastive_loss
 from cl_bench.data.scoring import TEXT_CHUNK
 from cl_bench.engine.config import RunConfig
-from cl_bench.engine.evaluator import EvalCache, evaluate_all
-from cl_bench.engine.loop import Engine
+from cl_bench.engine.evaluator import EvalCache, Evaluator, evaluate_all
 from cl_bench.errors import UserError
 
 STREAM = ("aircraft", "caltech101", "dtd")
@@ -171,7 +170,9 @@ class VisionOnly(Learner):
         return {"loss": loss.detach()}
 
 
-def _engine_eval_counts(tmp_path, learner: str) -> tuple[list[tuple[int, int, int]], int, int]:
+def _engine_eval_counts(
+    tmp_path, monkeypatch, learner: str
+) -> tuple[list[tuple[int, int, int]], int, int]:
     """(text calls, text rows, image rows) per evaluation of a 2-task run, and the totals."""
     cfg = RunConfig(
         setting="xtail", learner=learner, iterations=2, batch_size=8, max_tasks=2,
@@ -179,31 +180,33 @@ def _engine_eval_counts(tmp_path, learner: str) -> tuple[list[tuple[int, int, in
     )  # fmt: skip
     engine = Engine(cfg, world=FakeWorld())
     per_eval: list[tuple[int, int, int]] = []
-    original = engine._evaluate
+    original = Evaluator.evaluate
+    counters: list[Counter] = []
 
-    def counted(parts, after_task, name):
-        if not hasattr(engine, "_counter"):
-            engine._counter = Counter(parts.backbone.model)
-        original(parts, after_task, name)
-        per_eval.append(engine._counter.reset())
+    def counted(self, learner_obj, label):
+        if not counters:
+            counters.append(Counter(self.backbone.model))
+        results = original(self, learner_obj, label)
+        per_eval.append(counters[0].reset())
+        return results
 
-    engine._evaluate = counted
+    monkeypatch.setattr(Evaluator, "evaluate", counted)
     engine.run()
     infos = {n: engine.world.dataset_info(n) for n in engine.setting.eval_datasets}
     prompts = sum(i.num_classes * len(i.templates) for i in infos.values())
     return per_eval, prompts, len(infos)
 
 
-def test_engine_vision_only_learner_encodes_prompts_once_per_run(tmp_path):
-    per_eval, prompts, datasets = _engine_eval_counts(tmp_path, "test_vision_only")
+def test_engine_vision_only_learner_encodes_prompts_once_per_run(tmp_path, monkeypatch):
+    per_eval, prompts, datasets = _engine_eval_counts(tmp_path, monkeypatch, "test_vision_only")
     assert len(per_eval) == 3  # row 0 + 2 tasks
     assert per_eval[0][:2] == (datasets, prompts)
     assert [e[:2] for e in per_eval[1:]] == [(0, 0), (0, 0)]
     assert all(e[2] > 0 for e in per_eval)  # the vision tower changed: images re-encoded
 
 
-def test_engine_finetune_reencodes_once_per_dataset_per_evaluation(tmp_path):
-    per_eval, prompts, datasets = _engine_eval_counts(tmp_path, "finetune")
+def test_engine_finetune_reencodes_once_per_dataset_per_evaluation(tmp_path, monkeypatch):
+    per_eval, prompts, datasets = _engine_eval_counts(tmp_path, monkeypatch, "finetune")
     assert [e[:2] for e in per_eval] == [(datasets, prompts)] * 3
 
 
