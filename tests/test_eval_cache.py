@@ -20,6 +20,7 @@ from cl_bench.api.toolkit import clip_logits, contrastive_loss
 from cl_bench.data.scoring import TEXT_CHUNK
 from cl_bench.engine.config import RunConfig
 from cl_bench.engine.evaluator import EvalCache, Evaluator, evaluate_all
+from cl_bench.engine.loop import Engine
 from cl_bench.errors import UserError
 
 STREAM = ("aircraft", "caltech101", "dtd")
