@@ -273,8 +273,29 @@ def available_learners() -> dict[str, str]:
     return LEARNERS.targets()
 
 
+# Classes handed to the Python API directly (`cl_bench.run(learner=MyLearner)`), by their
+# 'module:QualName' target: the run's config keeps that string, this process keeps the class
+# (a class defined in a notebook or a function cannot be imported back from its target).
+_DIRECT_LEARNERS: dict[str, type[Learner]] = {}
+
+
+def learner_target(cls: type[Learner]) -> str:
+    """A Learner subclass given directly -> its 'module:QualName' target, which `get_learner`
+    resolves to this very class for the rest of the process."""
+    if not (isinstance(cls, type) and issubclass(cls, Learner)):
+        raise UserError(f"{cls!r} is not a Learner subclass; inherit from cl_bench.Learner")
+    target = qualname(cls)
+    _DIRECT_LEARNERS[target] = cls  # a class redefined (a notebook cell run again): the newest
+    return target
+
+
 def get_learner(name_or_target: str) -> type[Learner]:
     """Resolve a registered name, or a module/file target, to a Learner class."""
+    direct = _DIRECT_LEARNERS.get(name_or_target)
+    if direct is not None:
+        if not direct.__dict__.get("name"):  # its own name, not one inherited from a built-in
+            direct.name = direct.__name__.lower()
+        return direct
     if ":" in name_or_target:
         cls = LEARNERS.load(name_or_target)
         if not cls.name:
