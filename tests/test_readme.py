@@ -46,3 +46,17 @@ def test_readme_learner_runs_through_the_cli(tmp_path):
     assert len(log) == 2 and log["loss"].notna().all()
     matrix = acc.pivot(index="after_task", columns="eval_dataset", values="correct")
     assert not matrix.loc[1].equals(matrix.loc[0])  # the predictions moved
+
+
+def test_readme_python_section_runs(tmp_path, monkeypatch):
+    """The README's "From Python" block, executed as written (in tmp_path)."""
+    section = README.read_text().split("## From Python", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    run, runs, board = namespace["run"], namespace["runs"], namespace["board"]
+    assert list(run.accuracy.index) == [0, 1, 2]
+    assert run.accuracy.loc[0].notna().all()
+    assert len(runs) == len(run.rows) and set(runs["learner"]) == {"drslora"}
+    assert "drslora" in board.text and board.tables
