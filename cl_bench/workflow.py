@@ -301,19 +301,17 @@ def leaderboard(
     """Paper-style tables from many runs, as `clbench leaderboard` builds them.
 
     runs: run directories, folders holding them, globs, or `Run` objects."""
-    from cl_bench.analysis.leaderboard import build_board
-    from cl_bench.analysis.leaderboard_render import RENDERERS
+    from cl_bench.analysis.leaderboard import make_leaderboard
 
-    if fmt not in RENDERERS:
-        raise UserError(f"unknown --format {fmt!r}; valid: {', '.join(RENDERERS)}")
     items = [runs] if isinstance(runs, str | Path | Run) else list(runs)
     paths = [str(r.run_dir) if isinstance(r, Run) else r for r in items]
-    filters = {"setting": setting, "world": world, "order": order, "shots": shots}
-    board, skipped = build_board(run_dirs(paths), metric, per_dataset, filters)
+    board, text, skipped = make_leaderboard(
+        run_dirs(paths), setting, metric, per_dataset, fmt, world, order, shots
+    )
     return Leaderboard(
         {t.key: table_frame(t) for t in board.tables},
         {t.key: t.title for t in board.tables},
-        RENDERERS[fmt](board),
+        text,
         board,
         skipped,
     )

@@ -411,8 +411,25 @@ def render_leaderboard(
     shots: int | None = None,
 ) -> tuple[str, list[tuple[Path, str]]]:
     """The leaderboard text in `fmt` and the runs that were skipped, with why."""
+    _, text, skipped = make_leaderboard(
+        dirs, setting, metric, per_dataset, fmt, world, order, shots
+    )
+    return text, skipped
+
+
+def make_leaderboard(
+    dirs: Iterable[Path],
+    setting: str | None = None,
+    metric: str = "all",
+    per_dataset: bool = False,
+    fmt: str = "markdown",
+    world: str | None = None,
+    order: str | None = None,
+    shots: int | None = None,
+) -> tuple[Board, str, list[tuple[Path, str]]]:
+    """(the board, its text in `fmt`, the runs skipped with why): the CLI and the Python API."""
     if fmt not in RENDERERS:
         raise UserError(f"unknown --format {fmt!r}; valid: {', '.join(RENDERERS)}")
     filters = {"setting": setting, "world": world, "order": order, "shots": shots}
     board, skipped = build_board(dirs, metric, per_dataset, filters)
-    return RENDERERS[fmt](board), skipped
+    return board, RENDERERS[fmt](board), skipped

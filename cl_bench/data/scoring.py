@@ -89,6 +89,37 @@ def top1_correct(
     return top1_counts(features, labels, classifier, label_offset)[0]
 
 
+class Top1Tally:
+    """Top-1 correct and predictions per block, accumulated on the device batch by batch
+    (one host sync, in `result`). Block k holds label-space rows block_starts[k] ..
+    block_starts[k + 1] - 1 (the union classifier's domains); no blocks, no per-block counts."""
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        label_offset: int,
+        block_starts: np.ndarray | None,
+        device: torch.device,
+    ) -> None:
+        self.target = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+        self.label_offset = label_offset
+        self.starts = None if block_starts is None else torch.as_tensor(block_starts, device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        blocks = 0 if self.starts is None else len(self.starts)
+        self.per_block = torch.zeros(blocks, dtype=torch.long, device=device)
+
+    def add(self, pred: torch.Tensor, start: int) -> None:
+        """Predictions (label-space indices) of the images start .. start + len(pred) - 1."""
+        target = self.target[start : start + pred.shape[0]]
+        self.correct += pred.eq(target + self.label_offset).sum()
+        if self.starts is not None:
+            block = torch.bucketize(pred, self.starts, right=True) - 1
+            self.per_block += torch.bincount(block, minlength=len(self.starts))
+
+    def result(self) -> tuple[int, tuple[int, ...]]:
+        return int(self.correct), tuple(int(c) for c in self.per_block.tolist())
+
+
 @torch.inference_mode()
 def top1_counts(
     features: torch.Tensor,
@@ -97,19 +128,8 @@ def top1_counts(
     label_offset: int,
     block_starts: np.ndarray | None = None,
 ) -> tuple[int, tuple[int, ...]]:
-    """(top-1 correct, predictions per block): block k holds classifier rows
-    block_starts[k] .. block_starts[k + 1] - 1 (the union classifier's domains); no blocks
-    given, no per-block counts."""
-    device = features.device
-    target = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
-    starts = None if block_starts is None else torch.as_tensor(block_starts, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    per_block = torch.zeros(0 if starts is None else len(starts), dtype=torch.long, device=device)
+    """(top-1 correct, predictions per block) of `features` against the rows of `classifier`."""
+    tally = Top1Tally(labels, label_offset, block_starts, features.device)
     for start in range(0, features.shape[0], SCORE_CHUNK):
-        pred = (features[start : start + SCORE_CHUNK] @ classifier.T).argmax(dim=1)
-        correct += pred.eq(target[start : start + SCORE_CHUNK] + label_offset).sum()
-        if starts is not None:
-            block = torch.bucketize(pred, starts, right=True) - 1
-            per_block += torch.bincount(block, minlength=len(starts))
-    # the one host sync per dataset
-    return int(correct), tuple(int(c) for c in per_block.tolist())
+        tally.add((features[start : start + SCORE_CHUNK] @ classifier.T).argmax(dim=1), start)
+    return tally.result()  # the one host sync per dataset

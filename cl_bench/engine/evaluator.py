@@ -26,6 +26,7 @@ from torch import nn
 
 from cl_bench.api.learner import LabelSpace, Learner
 from cl_bench.data.scoring import (
+    Top1Tally,
     image_features,
     text_classifier,
     top1_accuracy,
@@ -164,10 +165,7 @@ def custom_counts(
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[int, tuple[int, ...]]:
     """(top-1 correct, predictions per block) with a learner's own logits for every batch."""
-    target = torch.from_numpy(np.asarray(images.labels, dtype=np.int64)).to(device)
-    starts = None if block_starts is None else torch.as_tensor(block_starts, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    per_block = torch.zeros(0 if starts is None else len(starts), dtype=torch.long, device=device)
+    tally = Top1Tally(images.labels, space.label_offset, block_starts, device)
     done = 0
     for chunk in uint8_batches(images.images, batch_size, device):
         with autocast(device, precision):
@@ -177,15 +175,11 @@ def custom_counts(
                 f"eval_logits returned shape {tuple(logits.shape)} for {space.dataset}; expected "
                 f"[{chunk.shape[0]}, {space.num_classes}] (batch, classes of the label space)"
             )
-        pred = logits.argmax(dim=1)
-        correct += pred.eq(target[done : done + chunk.shape[0]] + space.label_offset).sum()
-        if starts is not None:
-            block = torch.bucketize(pred, starts, right=True) - 1
-            per_block += torch.bincount(block, minlength=len(starts))
+        tally.add(logits.argmax(dim=1), done)
         done += chunk.shape[0]
         if on_batch is not None:
             on_batch(chunk.shape[0])
-    return int(correct), tuple(int(c) for c in per_block.tolist())
+    return tally.result()
 
 
 @dataclass

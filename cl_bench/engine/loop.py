@@ -21,7 +21,6 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,6 @@ import pandas as pd
 import torch
 
 from cl_bench.analysis.provenance import versions
-from cl_bench.analysis.results import read_manifest
 from cl_bench.api.context import RunContext
 from cl_bench.api.hyperparameters import build_config, config_dict
 from cl_bench.api.learner import REQUIREMENTS, Learner, Task, TrainingSet
@@ -42,7 +40,7 @@ from cl_bench.engine.config import RunConfig
 from cl_bench.engine.distributed import from_environment
 from cl_bench.engine.evaluator import Evaluator, subsample
 from cl_bench.engine.progress import NullReporter, Reporter
-from cl_bench.engine.recorder import Manifest, Recorder, task_record
+from cl_bench.engine.recorder import Manifest, Recorder, now_utc, task_record
 from cl_bench.engine.rundir import RESUME_FIXED_KEYS, RunDirectory, default_run_dir, run_id_of
 from cl_bench.engine.settings import resolve_setting
 from cl_bench.engine.trainer import BatchStream, Trainer
@@ -336,7 +334,7 @@ class Engine:
         parts.learner.load_state_dict(state)
         ckpt.set_rng_state(rng)
         parts.recorder.rows = self.directory.completed_rows(start)
-        old = read_manifest(self.run_dir)
+        old = self.directory.manifest()
         m = parts.recorder.manifest
         # Entries of tasks after the checkpoint (written before a kill) are dropped.
         m.tasks = [t for t in old.get("tasks", []) if t["task"] <= start]
@@ -345,7 +343,7 @@ class Engine:
         m.resumes = old.get("resumes", []) + [
             {
                 "at_task": start,
-                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "time": now_utc(),
                 "previous_status": old.get("status"),
                 "config_hash": self.cfg.hash(),
             }

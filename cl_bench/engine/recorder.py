@@ -133,27 +133,30 @@ class Recorder:
         rows = [self.row(r, after_task, after_name) for r in results]
         self.rows += rows
         if self.writes and any(r.predicted_domains for r in results):
-            self._write_domains(results, after_task, after_name, stream)
+            self._write_domains(results, rows, after_task, stream)
         if self.writes:
             append_rows(
                 self.run_dir.path / ACCURACY_FILE, rows, "after_task", after_task, ACCURACY_COLUMNS
             )
 
     def _write_domains(
-        self, results: list[EvalResult], after_task: int, after_name: str, stream: tuple[str, ...]
+        self,
+        results: list[EvalResult],
+        rows: list[dict[str, Any]],
+        after_task: int,
+        stream: tuple[str, ...],
     ) -> None:
         """domains.parquet: per stream dataset, how many predictions fell in each domain's block."""
-        rows = []
-        for r in (r for r in results if r.predicted_domains):
-            row = self.row(r, after_task, after_name)
+        out = []
+        for r, row in zip(results, rows, strict=True):
+            if not r.predicted_domains:
+                continue
             ident = {k: row[k] for k in RUN_COLUMNS + ["after_task", "after_task_name"]}
             for domain, count in zip(stream, r.predicted_domains, strict=True):
-                rows.append(
+                out.append(
                     ident | {"eval_dataset": r.dataset, "predicted_domain": domain, "count": count}
                 )
-        append_rows(
-            self.run_dir.path / DOMAINS_FILE, rows, "after_task", after_task, DOMAIN_COLUMNS
-        )
+        append_rows(self.run_dir.path / DOMAINS_FILE, out, "after_task", after_task, DOMAIN_COLUMNS)
 
     # -- task and run boundaries --------------------------------------------------------
     def task_done(

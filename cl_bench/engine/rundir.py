@@ -77,13 +77,14 @@ class RunDirectory:
                     f"--resume: {self.path} holds no run to resume; drop --resume to start one"
                 )
             return
-        status = self.manifest().get("status")
+        manifest = self.manifest()
+        status = manifest.get("status")
         if self.cfg.resume:
             if status == "finished" and not self.cfg.force:
                 raise UserError(
                     f"{self.path} is already finished; nothing to resume (use --force to run it again)"
                 )
-            self.check_resume_config(self.manifest().get("config_hash", ""))
+            self.check_resume_config(manifest.get("config_hash", ""))
             return
         if self.cfg.force:
             return
