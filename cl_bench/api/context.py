@@ -23,6 +23,8 @@ class RunContext:
     model_width: int  # transformer width of the vision tower (LoRA ranks scale with it)
     tokenize: Callable[[list[str]], torch.Tensor]  # the backbone's tokenizer, to device
     _reference: Callable[[int, int], tuple[torch.Tensor, list[str]]] | None = None
+    # per-dataset exceptions to full_finetune_lr (ZSCL's full-shot MTIL: Aircraft, MNIST 5e-5)
+    full_finetune_lr_by_dataset: dict[str, float] = field(default_factory=dict)
     derived: dict[str, Any] = field(default_factory=dict)
     records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     current_task: int = -1
@@ -40,6 +42,10 @@ class RunContext:
                 f"the {self.world} world provides no reference data; set --reference-images/--reference-captions"
             )
         return self._reference(num_images, num_captions)
+
+    def full_finetune_lr_for(self, dataset: str) -> float:
+        """The setting's full-fine-tuning lr for `dataset` (what `lr=None` resolves to)."""
+        return self.full_finetune_lr_by_dataset.get(dataset, self.full_finetune_lr)
 
     def note(self, key: str, value: Any) -> None:
         """Record a derived value (e.g. the scaled LoRA rank) in the run manifest."""

@@ -180,7 +180,7 @@ class Learner:
 
     def optimizer_config(self, task: Task) -> OptimizerConfig:
         """The optimizer settings for `task`: the `Config`'s `OptimizerConfig` fields, with
-        `lr=None` resolved to the setting's full-fine-tuning lr."""
+        `lr=None` resolved to the setting's full-fine-tuning lr for this task's dataset."""
         if not isinstance(self.cfg, OptimizerConfig):
             raise TypeError(
                 f"{type(self).__qualname__}.Config must inherit cl_bench.OptimizerConfig to train"
@@ -188,7 +188,9 @@ class Learner:
         base = OptimizerConfig(
             **{name: getattr(self.cfg, name) for name in OptimizerConfig.__dataclass_fields__}
         )
-        return base if base.lr is not None else replace(base, lr=self.ctx.full_finetune_lr)
+        if base.lr is not None:
+            return base
+        return replace(base, lr=self.ctx.full_finetune_lr_for(task.name))
 
     def loss(self, batch: Batch, step: StepInfo) -> tuple[torch.Tensor, dict[str, Any]]:
         """(the loss to minimise, extra scalars to log: floats or 0-dim tensors)."""

@@ -22,7 +22,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-WORLD_KEYS = {"iterations", "few_shot_iterations", "batch_size", "full_finetune_lr", "shots"}
+WORLD_KEYS = {
+    "iterations",
+    "few_shot_iterations",
+    "batch_size",
+    "full_finetune_lr",
+    "full_finetune_lr_by_dataset",
+    "shots",
+}
 REQUIRED = {
     "name",
     "version",
@@ -99,6 +106,12 @@ class Setting:
     split_seed: int
     full_finetune_lr: float
     world: str
+    # ZSCL's scripts give some datasets their own full-fine-tuning lr (5e-5 for Aircraft and
+    # MNIST on full-shot MTIL); (dataset, lr) pairs, recorded in the manifest with the setting.
+    full_finetune_lr_by_dataset: tuple[tuple[str, float], ...] = ()
+
+    def full_finetune_lr_for(self, dataset: str) -> float:
+        return dict(self.full_finetune_lr_by_dataset).get(dataset, self.full_finetune_lr)
 
     @property
     def eval_datasets(self) -> tuple[str, ...]:
@@ -206,6 +219,14 @@ def resolve_setting(
         raise UserError(f"--batch-size must be a positive integer, got {bs}")
     if "full_finetune_lr" not in per_world:
         raise UserError(f"{raw['_path']}: [{world}] needs full_finetune_lr")
+    # ZSCL's per-dataset lrs belong to its full-shot scripts; the few-shot variant (CoDyRA's
+    # 5-shot MTIL) has no such table, so it trains every dataset at full_finetune_lr.
+    by_dataset = {} if few_shot_variant else per_world.get("full_finetune_lr_by_dataset", {})
+    if not isinstance(by_dataset, dict) or set(by_dataset) - set(datasets):
+        stray = sorted(set(by_dataset) - set(datasets)) if isinstance(by_dataset, dict) else by_dataset
+        raise UserError(
+            f"{raw['_path']}: [{world}.full_finetune_lr_by_dataset] names {stray!r}, not datasets of order {order}; give dataset = lr pairs for datasets of the stream"
+        )
     return Setting(
         name=raw["name"],
         version=int(raw["version"]),
@@ -221,4 +242,5 @@ def resolve_setting(
         split_seed=int(raw["split_seed"]),
         full_finetune_lr=float(per_world["full_finetune_lr"]),
         world=world,
+        full_finetune_lr_by_dataset=tuple((d, float(v)) for d, v in sorted(by_dataset.items())),
     )

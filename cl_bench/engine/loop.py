@@ -272,6 +272,7 @@ class Engine:
             num_tasks=len(s.datasets),
             paper_iterations=s.paper_iterations,
             full_finetune_lr=s.full_finetune_lr,
+            full_finetune_lr_by_dataset=dict(s.full_finetune_lr_by_dataset),
             model_width=backbone.width,
             tokenize=lambda texts: backbone.tokenizer(texts).to(device),
             _reference=reference,
