@@ -29,10 +29,9 @@ def test_learner_resolves_lr_none_per_task() -> None:
     import dataclasses
 
     import torch
+    from cl_bench_baselines.finetune import Finetune
     from fakeworld import FakeWorld
     from test_baselines import make_ctx, make_task
-
-    from cl_bench_baselines.finetune import Finetune
 
     backbone = FakeWorld().backbone(torch.device("cpu"))
     ctx = make_ctx(backbone)

@@ -223,7 +223,9 @@ def resolve_setting(
     # 5-shot MTIL) has no such table, so it trains every dataset at full_finetune_lr.
     by_dataset = {} if few_shot_variant else per_world.get("full_finetune_lr_by_dataset", {})
     if not isinstance(by_dataset, dict) or set(by_dataset) - set(datasets):
-        stray = sorted(set(by_dataset) - set(datasets)) if isinstance(by_dataset, dict) else by_dataset
+        stray = (
+            sorted(set(by_dataset) - set(datasets)) if isinstance(by_dataset, dict) else by_dataset
+        )
         raise UserError(
             f"{raw['_path']}: [{world}.full_finetune_lr_by_dataset] names {stray!r}, not datasets of order {order}; give dataset = lr pairs for datasets of the stream"
         )
