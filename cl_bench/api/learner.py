@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from cl_bench.api.optim import OptimizerConfig, ParamGroups
 
@@ -155,6 +155,12 @@ class Learner:
     # True: `eval_logits` supplies the evaluation logits (routing, fusion); the engine then
     # scores images through it and keeps no image features across evaluations.
     custom_eval_logits: ClassVar[bool] = False
+    # "continual" rows are ranked in a leaderboard; "reference" rows (zero-shot, the joint and
+    # individual upper bounds) are shown beside them and never ranked with them.
+    role: ClassVar[Literal["continual", "reference"]] = "continual"
+    # False: the results do not depend on --iterations or --batch-size (zero-shot, closed-form
+    # learners), so such runs join a leaderboard of any training budget.
+    uses_training_budget: ClassVar[bool] = True
 
     @dataclass
     class Config:

@@ -301,6 +301,8 @@ class Engine:
                 "config": config_dict(self.learner_cfg),
                 "requires": sorted(self.learner_cls.requires),
                 "custom_eval_logits": self.learner_cls.custom_eval_logits,
+                "role": self.learner_cls.role,
+                "uses_training_budget": self.learner_cls.uses_training_budget,
             },
             world=self.world.describe(),
             backbone={

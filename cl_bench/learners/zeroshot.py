@@ -12,3 +12,5 @@ class ZeroShot(Learner):
     """Declares nothing trainable, so the engine runs no steps for it."""
 
     description = "The pre-trained CLIP, never updated (upper bound on transfer, lower on learning)"
+    role = "reference"
+    uses_training_budget = False
