@@ -68,6 +68,12 @@ class RunConfig:
         None, group=PROTOCOL, help="Override the per-task iteration count."
     )
     batch_size: int | None = option(None, group=PROTOCOL, help="Override the training batch size.")
+    union_classifier: str | None = option(
+        None,
+        group=PROTOCOL,
+        help="Task-agnostic settings: codyra (each dataset's first template, default) or rail "
+        "('a photo of a {}.'); one prompt per class.",
+    )
     seed: int = option(0, group=RUN, help="Seed for initialisation, batch order, augmentation.")
     out: str | None = option(
         None,
