@@ -68,6 +68,12 @@ class RunConfig:
         None, group=PROTOCOL, help="Override the per-task iteration count."
     )
     batch_size: int | None = option(None, group=PROTOCOL, help="Override the training batch size.")
+    augment: str = option(
+        "auto",
+        group=PROTOCOL,
+        help="Training augmentation: rrc (RandomResizedCrop, scale 0.9-1.0, as the references), "
+        "none, or auto (the world's default_augment; the real world's is rrc).",
+    )
     union_classifier: str | None = option(
         None,
         group=PROTOCOL,
