@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cl_bench.data.world import UNION_CLASSIFIERS
 from cl_bench.errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -41,7 +42,19 @@ REQUIRED = {
     "batch_size",
     "split_seed",
 }
-OPTIONAL = {"datasets", "orders", "few_shot_iterations", "real", "toy"}
+OPTIONAL = {
+    "datasets",
+    "orders",
+    "few_shot_iterations",
+    "real",
+    "toy",
+    "dataset_protocol",
+    "union_classifier",
+}
+# The dataset definitions a setting reads: "mtil" = tasks/datasets/<name>.toml (ZSCL's MTIL
+# datasets), any other protocol P = tasks/datasets/P/<name>.toml (e.g. "xtail": the CoOp-style
+# datasets of RAIL / CoDyRA). A world that has its own definitions (toy) ignores it.
+DEFAULT_PROTOCOL = "mtil"
 
 
 def tasks_dir() -> Path:
@@ -109,6 +122,12 @@ class Setting:
     # ZSCL's scripts give some datasets their own full-fine-tuning lr (5e-5 for Aircraft and
     # MNIST on full-shot MTIL); (dataset, lr) pairs, recorded in the manifest with the setting.
     full_finetune_lr_by_dataset: tuple[tuple[str, float], ...] = ()
+    # Which dataset definitions the real world reads (tasks/datasets/ or tasks/datasets/<p>/).
+    dataset_protocol: str = DEFAULT_PROTOCOL
+    # Task-agnostic settings: how the union classifier (and the hold-out classifiers) are built,
+    # one prompt per class ("codyra": each dataset's templates[0]; "rail": 'a photo of a {}.').
+    # None: task-incremental, every classifier averages all of the dataset's templates.
+    union_classifier: str | None = None
 
     def full_finetune_lr_for(self, dataset: str) -> float:
         return dict(self.full_finetune_lr_by_dataset).get(dataset, self.full_finetune_lr)
@@ -149,14 +168,46 @@ def load_setting_file(name: str) -> dict[str, Any]:
             raise UserError(
                 f"{path}: unknown keys {sorted(bad)} in [{world}]; valid: {sorted(WORLD_KEYS)}"
             )
+    _check_protocol_keys(path, raw)
     _check_dataset_names(path, raw)
     raw["_path"] = str(path)
     return raw
 
 
+def protocol_datasets_dir(protocol: str) -> Path:
+    """The folder of a dataset protocol's definitions (tasks/datasets/ for mtil)."""
+    base = tasks_dir() / "datasets"
+    return base if protocol == DEFAULT_PROTOCOL else base / protocol
+
+
+def available_protocols() -> list[str]:
+    base = tasks_dir() / "datasets"
+    subdirs = [p.name for p in base.iterdir() if p.is_dir() and any(p.glob("*.toml"))]
+    return [DEFAULT_PROTOCOL, *sorted(subdirs)] if base.is_dir() else [DEFAULT_PROTOCOL]
+
+
+def _check_protocol_keys(path: Path, raw: dict[str, Any]) -> None:
+    protocol = raw.get("dataset_protocol", DEFAULT_PROTOCOL)
+    valid = available_protocols()
+    if protocol not in valid:
+        raise UserError(
+            f"{path}: dataset_protocol {protocol!r} has no definitions; valid: {', '.join(valid)} (folders of tasks/datasets/)"
+        )
+    if "union_classifier" in raw:
+        if not raw["task_agnostic"]:
+            raise UserError(
+                f"{path}: union_classifier applies to task-agnostic settings only; drop it or set task_agnostic = true"
+            )
+        if raw["union_classifier"] not in UNION_CLASSIFIERS:
+            raise UserError(
+                f"{path}: union_classifier {raw['union_classifier']!r} is unknown; valid: {', '.join(UNION_CLASSIFIERS)}"
+            )
+
+
 def _check_dataset_names(path: Path, raw: dict[str, Any]) -> None:
-    """Every dataset a setting names must have its task file in tasks/datasets/."""
-    known = sorted(p.stem for p in (tasks_dir() / "datasets").glob("*.toml"))
+    """Every dataset a setting names must have its task file in its protocol's folder."""
+    folder = protocol_datasets_dir(raw.get("dataset_protocol", DEFAULT_PROTOCOL))
+    known = sorted(p.stem for p in folder.glob("*.toml"))
     lists = {"holdout": raw["holdout"]}
     if "datasets" in raw:
         lists["datasets"] = raw["datasets"]
@@ -170,7 +221,7 @@ def _check_dataset_names(path: Path, raw: dict[str, Any]) -> None:
         unknown = [n for n in names if n not in known]
         if known and unknown:
             raise UserError(
-                f"{path}: unknown dataset(s) {unknown} in {key}; valid: {', '.join(known)} (one file each in tasks/datasets/)"
+                f"{path}: unknown dataset(s) {unknown} in {key}; valid: {', '.join(known)} (one file each in {folder})"
             )
 
 
@@ -181,6 +232,7 @@ def resolve_setting(
     shots: int | None = None,
     iterations: int | None = None,
     batch_size: int | None = None,
+    union_classifier: str | None = None,
 ) -> Setting:
     raw = load_setting_file(name)
     per_world = raw.get(world, {})
@@ -229,6 +281,7 @@ def resolve_setting(
         raise UserError(
             f"{raw['_path']}: [{world}.full_finetune_lr_by_dataset] names {stray!r}, not datasets of order {order}; give dataset = lr pairs for datasets of the stream"
         )
+    union = _union_classifier(raw, name, union_classifier)
     return Setting(
         name=raw["name"],
         version=int(raw["version"]),
@@ -245,4 +298,21 @@ def resolve_setting(
         full_finetune_lr=float(per_world["full_finetune_lr"]),
         world=world,
         full_finetune_lr_by_dataset=tuple((d, float(v)) for d, v in sorted(by_dataset.items())),
+        dataset_protocol=raw.get("dataset_protocol", DEFAULT_PROTOCOL),
+        union_classifier=union,
     )
+
+
+def _union_classifier(raw: dict[str, Any], name: str, given: str | None) -> str | None:
+    """The setting's convention (default codyra), or --union-classifier (task-agnostic only)."""
+    if not raw["task_agnostic"]:
+        if given is not None:
+            raise UserError(
+                f"--union-classifier applies to task-agnostic settings only; setting {name} is task-incremental (each dataset averages its templates); drop it"
+            )
+        return None
+    if given is not None and given not in UNION_CLASSIFIERS:
+        raise UserError(
+            f"--union-classifier {given!r} is unknown; valid: {', '.join(UNION_CLASSIFIERS)}"
+        )
+    return given or raw.get("union_classifier", next(iter(UNION_CLASSIFIERS)))

@@ -19,6 +19,18 @@ if TYPE_CHECKING:
     from cl_bench.models.backbone import Backbone
 
 
+# Task-agnostic (X-TAIL) classifiers: one prompt per class, no template averaging. The first
+# entry is the default of a task-agnostic setting that names none.
+#   codyra: CoDyRA main.py evaluation(): dataset.template[0].format(c), class names verbatim
+#   rail:   RAIL primal_RAIL.py / utils.clip_classifier: 'a photo of a {}.' for every dataset,
+#           with '_' in a class name replaced by ' ' (clip_classifier does so)
+GENERIC_TEMPLATE = "a photo of a {}."
+UNION_CLASSIFIERS = {
+    "codyra": "each dataset's templates[0], class names verbatim (CoDyRA main.py evaluation)",
+    "rail": "'a photo of a {}.' for every dataset, '_' -> ' ' (RAIL utils.clip_classifier)",
+}
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
@@ -32,6 +44,23 @@ class DatasetInfo:
 
     def prompts(self, template_index: int = 0) -> list[str]:
         return [self.templates[template_index].format(c) for c in self.classnames]
+
+    def union_template(self, convention: str) -> str:
+        """The one template a task-agnostic classifier formats this dataset's classes with."""
+        if convention not in UNION_CLASSIFIERS:
+            from cl_bench.errors import UserError
+
+            raise UserError(
+                f"unknown union classifier {convention!r}; valid: {', '.join(UNION_CLASSIFIERS)}"
+            )
+        return self.templates[0] if convention == "codyra" else GENERIC_TEMPLATE
+
+    def union_prompts(self, convention: str) -> list[str]:
+        """One prompt per class, as the convention's reference code writes it."""
+        template = self.union_template(convention)
+        if convention == "rail":
+            return [template.format(c.replace("_", " ")) for c in self.classnames]
+        return [template.format(c) for c in self.classnames]
 
 
 @dataclass
@@ -56,6 +85,13 @@ def hash_ids(ids: list[str] | np.ndarray, labels: np.ndarray) -> str:
 
 class DataWorld(ABC):
     name: str
+    # Which dataset definitions the run's setting asks for (its `dataset_protocol`); the engine
+    # calls select_protocol before anything is checked or loaded. A world with only its own
+    # definitions (toy) records it and serves the same datasets.
+    dataset_protocol: str = "mtil"
+
+    def select_protocol(self, protocol: str) -> None:
+        self.dataset_protocol = protocol
 
     @abstractmethod
     def dataset_names(self) -> list[str]:

@@ -87,8 +87,9 @@ class Engine:
         self.cfg = cfg
         self.reporter: Reporter = reporter or NullReporter()
         setting = resolve_setting(
-            cfg.setting, cfg.world, cfg.order, cfg.shots, cfg.iterations, cfg.batch_size
-        )
+            cfg.setting, cfg.world, cfg.order, cfg.shots, cfg.iterations, cfg.batch_size,
+            cfg.union_classifier,
+        )  # fmt: skip
         if cfg.max_tasks is not None:
             setting = replace(setting, datasets=setting.datasets[: cfg.max_tasks])
         self.setting = setting
@@ -116,6 +117,7 @@ class Engine:
         self.directory = RunDirectory(path, cfg, writer=self.dist.is_main)
         self.directory.check()
         self.world: DataWorld = world if world is not None else get_world(cfg)
+        self.world.select_protocol(setting.dataset_protocol)  # the setting's dataset definitions
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise UserError("--device cuda but no CUDA device is available; use --device cpu")
         self.device = (
