@@ -95,8 +95,9 @@ def test_zscl_on_the_real_world_without_reference_flags_names_both(tmp_path, mon
     with pytest.raises(UserError) as err:
         Engine(cfg)
     message = str(err.value)
-    assert message.startswith("the real world is not ready: ") and "\n" not in message
-    missing = message.removeprefix("the real world is not ready: ").split(" | ")
+    assert message.startswith("the real world is not ready (") and len(err.value.items) > 2
+    missing = list(err.value.items)  # one line each below the count line
+    assert message.splitlines()[1:] == [f"  - {m}" for m in missing]
     assert "reference images for distillation: set --reference-images DIR" in " ".join(missing)
     assert any(m.startswith("reference images") and "--reference-images" in m for m in missing)
     assert any(m.startswith("reference captions") and "--reference-captions" in m for m in missing)

@@ -130,7 +130,7 @@ class Engine:
         missing = self.world.check(list(setting.eval_datasets))
         missing += self.world.missing_requirements(self.learner_cls.requires)
         if missing:
-            raise UserError(f"the {cfg.world} world is not ready: " + " | ".join(missing))
+            raise UserError(f"the {cfg.world} world is not ready", items=missing)
         self.dist.barrier()  # every rank has checked the run dir before rank 0 writes to it
         self.directory.create()
 
