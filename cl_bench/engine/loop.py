@@ -33,6 +33,7 @@ from cl_bench.api.context import RunContext
 from cl_bench.api.hyperparameters import build_config, config_dict
 from cl_bench.api.learner import REQUIREMENTS, Learner, Task, TrainingSet
 from cl_bench.api.registry import get_learner
+from cl_bench.data.augment import Augmentation
 from cl_bench.data.world import DatasetInfo, DataWorld, ImageSet
 from cl_bench.data.worlds import get_world
 from cl_bench.engine import checkpoint as ckpt
@@ -118,6 +119,7 @@ class Engine:
         self.directory.check()
         self.world: DataWorld = world if world is not None else get_world(cfg)
         self.world.select_protocol(setting.dataset_protocol)  # the setting's dataset definitions
+        self.augment = Augmentation.resolve(cfg.augment, self.world)  # before any data loads
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise UserError("--device cuda but no CUDA device is available; use --device cpu")
         self.device = (
@@ -191,13 +193,15 @@ class Engine:
         training = parts.trainer.begin(learner, task)
         train_log: list[dict[str, Any]] = []
         if training is not None:
+            view = self.augment.view(self.world, name, self.setting.shots, self.setting.split_seed,
+                                     parts.backbone.image_size)  # fmt: skip
             self.reporter.phase(
                 f"task {t + 1}/{len(self.setting.datasets)} {name}: train", task.iterations
             )
             parts.trainer.train(
                 learner, training, train, parts.backbone.normalize, self.cfg.seed, train_log,
                 on_step=lambda entry: self.reporter.advance(1, entry),
-                where=self.directory.path,
+                where=self.directory.path, view=view,
             )  # fmt: skip
         learner.end_task(task)
         parts.trainer.end()
@@ -306,7 +310,7 @@ class Engine:
                 "role": self.learner_cls.role,
                 "uses_training_budget": self.learner_cls.uses_training_budget,
             },
-            world=self.world.describe(),
+            world={**self.world.describe(), "augment": self.augment.mode},
             backbone={
                 "name": backbone.name,
                 "pretrained": backbone.pretrained,

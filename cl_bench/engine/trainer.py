@@ -25,6 +25,7 @@ from torch import nn
 
 from cl_bench.api.learner import Batch, Learner, StepInfo, Task, overrides_train_step
 from cl_bench.api.optim import OptimizerConfig, build_optimizer, param_groups
+from cl_bench.data.augment import RandomResizedCrops, TrainView
 from cl_bench.data.world import ImageSet
 from cl_bench.engine.distributed import Distributed
 from cl_bench.engine.precision import autocast
@@ -165,15 +166,33 @@ class Trainer:
         log: list[dict[str, Any]],
         on_step: Callable[[dict[str, float] | None], None] = lambda entry: None,
         where: Path | None = None,
+        view: TrainView | None = None,
     ) -> None:
-        """`run.task.iterations` steps on batches of `train`; log entries appended to `log`."""
+        """`run.task.iterations` steps on batches of `train`; log entries appended to `log`.
+
+        With a training `view` (--augment rrc) each image is a random resized crop of it
+        (cl_bench.data.augment), drawn per (seed, task, step); the batch order is the same.
+        """
         task = run.task
         stream = BatchStream(train, task.batch_size, seed, task.index)
+        crops = None
+        if view is not None:
+            if len(view) != len(train) or view.ids_hash != train.ids_hash:
+                raise RuntimeError(f"the training view of {task.name} is not its split's")
+            crops = RandomResizedCrops(view, seed, task.index, train.images.shape[1])
         pending: list[tuple[int, dict[str, Any]]] = []
         learner.model.train()
         for step in range(task.iterations):
-            idx = self.dist.shard_indices(stream.next_indices())  # the whole batch in one process
-            images = normalize(to_device(train.images[idx], self.device))
+            if crops is None:
+                idx = self.dist.shard_indices(stream.next_indices())  # the whole batch here
+                pixels = to_device(train.images[idx], self.device)
+            else:  # boxes for the whole batch, then this rank's shard: torchrun = one process
+                whole = stream.next_indices()
+                boxes = crops.boxes(whole, step)
+                mine = self.dist.shard_indices(np.arange(len(whole)))
+                idx = whole[mine]
+                pixels = crops.pixels(idx, boxes[mine], self.device)
+            images = normalize(pixels)
             labels = to_device(np.asarray(train.labels[idx], dtype=np.int64), self.device)
             scalars = self.step(
                 learner,

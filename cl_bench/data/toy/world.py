@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cl_bench.data.augment import TrainView, whole_image_view
 from cl_bench.data.toy.distribution import (
     GENERATOR_SEED,
     GENERATOR_VERSION,
@@ -66,6 +67,7 @@ def cache_root() -> Path:
 
 class ToyWorld(DataWorld):
     name = "toy"
+    default_augment = "none"  # --augment auto; measured on toy X-TAIL (docs/toy-world.md)
 
     def __init__(self, weights_path: Path = WEIGHTS_PATH) -> None:
         self.weights_path = Path(weights_path)
@@ -145,6 +147,13 @@ class ToyWorld(DataWorld):
         sub_labels = np.asarray(labels[index])
         sub_images = images if index.shape[0] == labels.shape[0] else np.asarray(images[index])
         return ImageSet(images=sub_images, labels=sub_labels, ids_hash=hash_ids(ids, sub_labels))
+
+    def train_view(
+        self, name: str, shots: int | None, split_seed: int, image_size: int
+    ) -> TrainView:
+        """--augment rrc: the stored images are the originals, so they are cropped directly."""
+        split = self.load_split(name, "train", shots, split_seed, image_size)
+        return whole_image_view(split.images, split.ids_hash)
 
     def backbone(self, device: torch.device) -> Backbone:
         return load_toy_backbone(device, self.weights_path)
