@@ -1,7 +1,7 @@
 """WiSE-FT — robust fine-tuning by weight-space ensembling (Wortsman et al., CVPR 2022),
 applied per task as in the ZSCL benchmark.
 
-Each task is plain `finetune`; at its end θ ← α · θ_finetuned + (1 − α) · θ_previous, where
+Each task is plain `finetune` (its task loss: image→text CE, smoothing 0.2); at its end θ ← α · θ_finetuned + (1 − α) · θ_previous, where
 θ_previous is the model at the start of the task (the previous task's merged result, the
 zero-shot model before task 1). α = 0.8 toward the new weights is the reference default.
 
@@ -10,6 +10,8 @@ Reference code: Thunderbeee/ZSCL, ``mtil/scripts/WiSE_finetune.sh`` (``--method 
 merges every parameter as ``param_q * alpha + param_k * (1 - alpha)`` with ``param_k`` from
 ``model_fix``, the checkpoint the task started from. Here the merge covers every parameter
 (``named_parameters``; the frozen ``logit_scale`` is unchanged by it); buffers are left alone.
+The merge happens once, after the task's last step, and the merged model is what is evaluated
+and what the next task starts from (the reference saves it as the next task's ``--load``).
 
 Memory: one frozen copy of the model (θ_previous) during each task, freed at its end:
 ViT-B/16 ~0.6 GB fp32, toy CLIP ~31 MB. Nothing persists across tasks beyond the model: the

@@ -1,6 +1,6 @@
 """ZSCL — Zero-Shot Continual Learning (Zheng et al., ICCV 2023): keep the zero-shot skill.
 
-Loss = the task's contrastive loss
+Loss = the task loss (`finetune`'s: image→text CE over the task's prompts, smoothing 0.2)
      + distillation from the frozen **zero-shot** model on reference data: a batch of
        reference images against a fixed set of reference captions, image→text logits
        [B_ref, N_cap] and their transpose (text→image), soft cross-entropy, T = 2, scaled by T²
@@ -27,11 +27,19 @@ conceptual_captions``) and ``mtil/src/models/finetune.py`` + ``helpers.py``. Tak
   ``we_n += 1; we ← (we · we_n + θ) / (we_n + 1)``; the saved (next task's) model is
   ``we_model``. The reference loop runs iterations + 1 steps, so its last step is a merge
   step; here the final step always merges, so the average likewise ends with the final weights.
-Deviations: the reference images are a fixed pool of `reference_images` images drawn once
-per run from the data world (toy: its pre-training distribution; real: the configured
-ImageNet subset), batches cycle through it reshuffled, instead of streaming ImageNet's
-1.28 M images; the distillation is KL · T² (the reference's soft cross-entropy minus a
-constant: same gradient, 0 when student equals teacher); the task loss is `finetune`'s.
+Reference data: the reference streams ImageNet's training split (``ref_dataset.train_loader``,
+shuffled, test preprocessing) — 64 fresh images every step, 64 000 of its 1.28 M per task —
+and encodes *every* caption of the GCC validation list (``conceptual_captions``) with the
+frozen zero-shot model every step (a constant: cached here). ``reference=stream`` is that
+stream: one draw of num_tasks × iterations × batch images from the world, served in order, so
+no image is seen twice in the run (toy world only: the real world returns its reference
+images as one device tensor, 38 GB for one task of the real budget). The default,
+``reference=pool``, draws `reference_images` = 2048 images once per run and cycles through them,
+reshuffled per pass (seeded by seed and task); on the toy world both give the same numbers
+within seed noise (docs/learners.md). Captions: `reference_captions` = 2048 drawn from the
+world, not the whole caption list.
+Deviations: the pool (above); the distillation is KL · T² (the reference's soft
+cross-entropy minus a constant: same gradient, 0 when student equals teacher).
 
 Memory: three model copies beside the live one — the zero-shot teacher (whole run), the L2
 anchor and the running average (during each task): ViT-B/16 ~3 × 0.6 GB fp32, toy CLIP
@@ -48,6 +56,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -56,7 +65,6 @@ from cl_bench.api.registry import register_learner
 from cl_bench.api.toolkit import (
     clip_distillation,
     clip_logits,
-    contrastive_loss,
     copy_weights_,
     frozen_copy,
     running_average_,
@@ -66,7 +74,7 @@ from cl_bench.api.toolkit import (
 from cl_bench.errors import UserError
 from cl_bench.models.backbone import as_clip
 
-from .finetune import Finetune
+from .finetune import Finetune, baseline_task_loss
 
 TEXT_CHUNK = 256  # captions encoded per forward when caching the teacher's embeddings
 
@@ -93,7 +101,10 @@ class ZSCL(Finetune):
         text_to_image_weight: float = 1.0  # reference: --text_loss, weight 1.0
         l2_weight: float = 1.0  # reference: --l2 1 (sum of squared differences)
         ensemble_period_fraction: float = 0.1  # reference: --avg_freq 100 of 1000 iterations
-        reference_images: int = 2048  # pool drawn once per run (harness choice)
+        # "pool": `reference_images` images drawn once, cycled; "stream": fresh images every
+        # step of the run, as the reference's ImageNet stream (toy world only)
+        reference: Literal["pool", "stream"] = "pool"
+        reference_images: int = 2048  # the pool's size (harness choice)
         reference_captions: int = 2048  # fixed caption set (reference: all GCC val captions)
         reference_batch_size: int | None = None  # None = the training batch size (reference)
         # whose text features the student's logits use: "teacher" = reference code
@@ -113,17 +124,27 @@ class ZSCL(Finetune):
         self.zeroshot = frozen_copy(self.model)
         self.zeroshot_fingerprint = weights_fingerprint(self.zeroshot)
         self.reference_pool: torch.Tensor | None = None
-        self.reference_order: torch.Tensor  # set by begin_task, reshuffled as the pool cycles
+        self.reference_order: torch.Tensor  # pool: set by begin_task, reshuffled as it cycles
+        self.reference_generator: torch.Generator
         self.reference_cursor: int
 
     # -- reference data ---------------------------------------------------------------
 
-    def _load_reference(self) -> torch.Tensor:
-        """Draw the reference pool once; cache the zero-shot caption embeddings."""
+    def _load_reference(self, task: Task, batch_size: int) -> torch.Tensor:
+        """Draw the reference images once per run; cache the zero-shot caption embeddings."""
+        if self.cfg.reference == "stream":
+            if self.ctx.world == "real":
+                raise UserError(
+                    "zscl: reference=stream needs a reference source that serves fresh images "
+                    "every step; the real world returns its reference images as one device "
+                    "tensor (the stream would be num_tasks x iterations x batch images); "
+                    "use --set reference=pool"
+                )
+            num_images = self.ctx.num_tasks * task.iterations * batch_size
+        else:
+            num_images = self.cfg.reference_images
         try:
-            images, captions = self.ctx.reference_data(
-                self.cfg.reference_images, self.cfg.reference_captions
-            )
+            images, captions = self.ctx.reference_data(num_images, self.cfg.reference_captions)
         except UserError as exc:
             raise UserError(f"zscl needs reference images and captions: {exc}") from None
         if len(images) == 0 or len(captions) == 0:
@@ -142,12 +163,17 @@ class ZSCL(Finetune):
         return images
 
     def _next_reference_batch(self) -> torch.Tensor:
-        """Cycle through the pool in a reshuffled order (a DataLoader with shuffle=True)."""
+        """pool: cycle through it in a reshuffled order (a DataLoader with shuffle=True);
+        stream: the next unseen images (task t reads its own slice of the run's stream)."""
         pool = self.reference_pool
         if pool is None:
             raise RuntimeError("zscl: no reference pool outside a task (begin_task draws it)")
+        if self.cfg.reference == "stream":
+            start = self.reference_cursor
+            self.reference_cursor += self.reference_batch_size
+            return pool[start : self.reference_cursor]
         if self.reference_cursor + self.reference_batch_size > len(self.reference_order):
-            self.reference_order = torch.randperm(len(pool))
+            self.reference_order = torch.randperm(len(pool), generator=self.reference_generator)
             self.reference_cursor = 0
         idx = self.reference_order[
             self.reference_cursor : self.reference_cursor + self.reference_batch_size
@@ -159,11 +185,23 @@ class ZSCL(Finetune):
 
     def begin_task(self, task: Task) -> None:
         super().begin_task(task)
-        pool = self.reference_pool if self.reference_pool is not None else self._load_reference()
-        self.reference_batch_size = min(self.cfg.reference_batch_size or task.batch_size, len(pool))
-        # the reference order restarts each task, as the reference code's ref loader does
-        self.reference_order = torch.randperm(len(pool))
-        self.reference_cursor = 0
+        batch_size = self.cfg.reference_batch_size or task.batch_size
+        pool = self.reference_pool
+        if pool is None:
+            pool = self._load_reference(task, batch_size)
+        if self.cfg.reference == "stream":
+            self.reference_batch_size = batch_size
+            self.reference_cursor = task.index * task.iterations * batch_size
+            if self.reference_cursor + task.iterations * batch_size > len(pool):
+                raise RuntimeError("zscl: the reference stream is shorter than the run")
+        else:
+            self.reference_batch_size = min(batch_size, len(pool))
+            # the order restarts each task, as the reference code's ref loader does; seeded
+            # by (seed, task) so that a resumed run draws the same batches
+            state = np.random.SeedSequence([self.ctx.seed, task.index, 41]).generate_state(1)
+            self.reference_generator = torch.Generator().manual_seed(int(state[0]))
+            self.reference_order = torch.randperm(len(pool), generator=self.reference_generator)
+            self.reference_cursor = 0
         self.anchor = frozen_copy(self.model) if self.cfg.l2_weight > 0 else None
         self.ensemble = frozen_copy(self.model)
         self.ensemble_count = 0
@@ -190,7 +228,9 @@ class ZSCL(Finetune):
 
     def loss(self, batch: Batch, step: StepInfo) -> tuple[torch.Tensor, dict[str, Any]]:
         logits = clip_logits(self.model, batch.images, batch.text_tokens)
-        task_loss = contrastive_loss(logits, batch.labels, self.cfg.label_smoothing)
+        task_loss = baseline_task_loss(
+            logits, batch.labels, self.cfg.task_loss, self.cfg.label_smoothing
+        )
         image_to_text, text_to_image = self.zeroshot_distillation(self._next_reference_batch())
         loss = (
             task_loss
