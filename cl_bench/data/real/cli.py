@@ -104,7 +104,7 @@ def check(
                 "status": "missing" if problems else "found",
                 "looked_at": where,
                 "size": size,
-                "fix": " | ".join(problems),
+                "fixes": problems,  # one line each, with its fix
             }
         )
     weights = weights_problem(world.model, world.pretrained)
@@ -114,17 +114,20 @@ def check(
             "status": "missing" if weights else "found",
             "looked_at": "Hugging Face cache",
             "size": "",
-            "fix": weights or "",
+            "fixes": [weights] if weights else [],
         }
     )
     if as_json:
         typer.echo(json.dumps({"data_root": str(world.data_root), "items": rows}, indent=2))
     else:
+        missing = sum(r["status"] == "missing" for r in rows)
+        if missing:  # the problem and the count first; one line per missing piece below
+            typer.echo(f"not ready: {missing} of {len(rows)} items missing (fixes below)")
         typer.echo(f"data root: {world.data_root}")
         for r in rows:
             typer.echo(f"{r['status']:8s} {r['dataset']:28s} {r['size']:>10s}  {r['looked_at']}")
-            if r["fix"]:
-                typer.echo(f"         -> {r['fix']}")
+            for fix in r["fixes"]:
+                typer.echo(f"         -> {fix}")
     if any(r["status"] == "missing" for r in rows):
         raise SystemExit(1)  # a plain exit code: the CLI runs typer with standalone_mode=False
 
