@@ -1,5 +1,8 @@
 """Leaderboard tables -> markdown, LaTeX, CSV or HTML text.
 
+HTML is a whole self-contained page (cl_bench.analysis.html_page) with the compare chart
+embedded as a PNG data URI, styled as `clbench report --html`.
+
 Output is deterministic (rows sorted, fixed float formats, no timestamps), so re-rendering
 committed runs reproduces committed tables byte for byte.
 """
@@ -12,6 +15,8 @@ import io
 import math
 from collections.abc import Callable
 
+from cl_bench.analysis import html_page as hp
+from cl_bench.analysis.plots import compare_figure, png_bytes
 from cl_bench.analysis.tables import GROUP_FIELDS, Board, Cell, Column, Table
 
 NOTE = (
@@ -175,33 +180,23 @@ def render_csv(board: Board) -> str:
 
 
 # ------------------------------------------------------------------------------ HTML
-def _html_mark(text: str, kind: str) -> str:
-    return f"<b>{text}</b>" if kind == "best" else f"<u>{text}</u>"
-
-
 def render_html(board: Board) -> str:
-    esc = html.escape
-    lines = [
-        '<div class="clbench-leaderboard">',
-        "<h2>cl-bench leaderboard</h2>",
-        f"<p>{esc(group_line(board))}</p>",
-        f"<p>{esc(NOTE)}</p>",
-    ]
+    """One self-contained page (html_page): every table, and the compare chart embedded."""
+    body = [f'<p class="note">{html.escape(NOTE)}</p>']
+    fig = compare_figure(board)
+    if fig is not None:
+        body += ['<section id="compare"><h2>Learners compared</h2>']
+        body += [hp.figure(png_bytes(fig), "Mean ± std over seeds per learner"), "</section>"]
     for table in board.tables:
         header = ["learner", "seeds", *(c.name for c in table.columns)]
-        body = _grid(table, lambda t, k: t)
-        lines += [f"<h3>{esc(table.title)}</h3>", "<table>", "<thead><tr>"]
-        lines += [f"<th>{esc(h)}</th>" for h in header]
-        lines += ["</tr></thead>", "<tbody>"]
-        for i, r in enumerate(body):
-            cells = [esc(r[0]), esc(r[1])]
-            for j, text in enumerate(r[2:]):
-                kind = table.marks.get((i, j))
-                cells.append(_html_mark(esc(text), kind) if kind else esc(text))
-            lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        lines += ["</tbody>", "</table>"]
-    lines.append("</div>")
-    return "\n".join(lines) + "\n"
+        marks = {(i, j + 2): kind for (i, j), kind in table.marks.items()}
+        classes = ["reference" if row.reference else "" for row in table.rows]
+        body += [
+            f'<section id="{html.escape(table.key)}"><h2>{html.escape(table.title)}</h2>',
+            hp.table(header, _grid(table, lambda t, k: t), marks, classes),
+            "</section>",
+        ]
+    return hp.page("cl-bench leaderboard", group_line(board), body, "clbench-leaderboard")
 
 
 RENDERERS: dict[str, Callable[[Board], str]] = {

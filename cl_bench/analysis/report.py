@@ -15,26 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cl_bench.analysis.plots import compare_figure
+from cl_bench.analysis.plots import pyplot as _pyplot
+from cl_bench.analysis.plots import save_png as _save
 from cl_bench.analysis.results import ACCURACY_FILE, DOMAINS_FILE, read_manifest, read_parquet
+from cl_bench.analysis.tables import Board
 from cl_bench.errors import UserError
-
-DPI = 120
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    _pyplot().close(fig)
-    return path
 
 
 def _text_color(im, value: float) -> str:
@@ -363,37 +349,7 @@ def compare_runs(
     from cl_bench.analysis.leaderboard import collect_runs, holdout_table, metric_tables
 
     runs, skipped = collect_runs(dirs, filters)
-    table = metric_tables(runs, ["transfer", "average", "last"], per_dataset=False)[0]
+    tables = metric_tables(runs, ["transfer", "average", "last"], per_dataset=False)
     holdout = holdout_table(runs)
-    groups = [c.name for c in table.columns] + (["Hold-out"] if holdout else [])
-    plt = _pyplot()
-    n = len(table.rows)
-    width = 0.8 / n
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups) + 0.4 * n), 4.5))
-    cmap = plt.get_cmap("tab10")
-    for i, row in enumerate(table.rows):
-        cells = list(row.cells) + ([holdout.rows[i].cells[-1]] if holdout else [])
-        means = np.array([c.mean for c in cells])
-        stds = np.array([c.std if c.n > 1 else 0.0 for c in cells])
-        x = np.arange(len(groups)) - 0.4 + width * (i + 0.5)
-        bars = ax.bar(
-            x,
-            means,
-            width,
-            yerr=stds,
-            capsize=3,
-            color=cmap(i % 10),
-            label=f"{row.label} (n={row.seeds})",
-        )
-        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
-    g = runs[0].group
-    ax.set_xticks(np.arange(len(groups)), groups)
-    ax.set_ylabel("mean accuracy (%)  ± std over seeds")
-    ax.set_ylim(0, 100)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_title(
-        f"Learners compared · {g['world']} {g['setting']} order {g['order']} · {g['model']}",
-        fontsize=10,
-    )
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
-    return _save(fig, Path(out)), skipped
+    board = Board(runs[0].group, len(runs), tables + ([holdout] if holdout else []))
+    return _save(compare_figure(board), Path(out)), skipped

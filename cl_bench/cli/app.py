@@ -203,7 +203,7 @@ def leaderboard(
         bool, typer.Option(help="One block per metric, one column per dataset.")
     ] = False,
     fmt: Annotated[
-        str, typer.Option("--format", help="markdown, latex, csv or html.")
+        str, typer.Option("--format", help="markdown, latex, csv or html (one page).")
     ] = "markdown",
     out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
     world: Annotated[str | None, typer.Option(help="Only runs of this data world.")] = None,
@@ -325,8 +325,16 @@ def report(
     out: Annotated[
         Path | None, typer.Option(help="Folder for the PNGs (default RUN_DIR/plots).")
     ] = None,
+    as_html: Annotated[
+        bool, typer.Option("--html", help="One self-contained OUT/report.html instead.")
+    ] = False,
 ) -> None:
     """PNG plots of one run: accuracy matrix and curves, training curves, drslora ranks, gates."""
+    if as_html:
+        from cl_bench.analysis.report_html import report_html
+
+        print(report_html(run_dir, out))
+        return
     from cl_bench.analysis.report import report_run
 
     for path in report_run(run_dir, out):
