@@ -1,7 +1,9 @@
 """The decode cache: each split decoded and resized once, kept as a memory-mapped uint8 array.
 
 Key: dataset / split / ids hash / image size, so every task and evaluation that needs the
-same images reuses the same file. Built in independent chunks by a thread pool (PIL decodes
+same images reuses the same file. `train_view` keeps a second entry per training split for
+`--augment rrc` (cl_bench.data.augment): each original image at most S px a side, with its
+original size, so a crop can be drawn in the original's coordinates as the references do. Built in independent chunks by a thread pool (PIL decodes
 and resizes without the GIL); finished chunks are recorded, so an interrupted build resumes;
 a file lock keeps two runs from building the same entry at once.
 """
@@ -12,7 +14,7 @@ import fcntl
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cl_bench.data.augment import TrainView, view_size
 from cl_bench.data.real.sources import Pool
 
 if TYPE_CHECKING:
@@ -84,17 +87,62 @@ def decoded(
     return images, labels
 
 
-def _build(pool: Pool, entry: Path, image_size: int, workers: int) -> None:
+def train_view_pixels(img: Image.Image, side: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """An original as a training view: unchanged where it fits in side x side, else resized
+    (bicubic) to at most `side` per axis; top-left in a zero side x side array.
+    Returns the pixels and (width, height, stored width, stored height)."""
+    from PIL import Image as PILImage
+
+    img = img.convert("RGB")
+    w, h = img.size
+    ew, eh = min(w, side), min(h, side)
+    if (ew, eh) != (w, h):
+        img = img.resize((ew, eh), PILImage.Resampling.BICUBIC)
+    out = np.zeros((side, side, 3), dtype=np.uint8)
+    out[:eh, :ew] = np.asarray(img, dtype=np.uint8)
+    return out, (w, h, ew, eh)
+
+
+def view_entry_dir(cache_root: Path, dataset: str, split: str, ids_hash: str, side: int) -> Path:
+    return cache_root / "decoded" / dataset / f"{split}-{ids_hash}-view{side}px"
+
+
+def train_view(
+    pool: Pool, cache_root: Path, dataset: str, ids_hash: str, image_size: int,
+    workers: int | None = None,
+) -> TrainView:  # fmt: skip
+    """The training view of a split for crops to `image_size` (built once, like `decoded`)."""
+    side = view_size(image_size)
+    entry = view_entry_dir(cache_root, dataset, "train", ids_hash, side)
+    if not (entry / COMPLETE).exists():
+        with _locked(entry.with_name(entry.name + ".lock")):
+            if not (entry / COMPLETE).exists():
+                _build(
+                    pool, entry, side, workers or min(8, os.cpu_count() or 1),
+                    lambda img: train_view_pixels(img, side),
+                )  # fmt: skip
+    images = np.load(entry / "images.npy", mmap_mode="c")
+    sizes = np.load(entry / "sizes.npy").astype(np.int64)
+    labels = np.load(entry / "labels.npy")
+    if images.shape != (len(pool), side, side, 3) or not np.array_equal(labels, pool.labels):
+        raise RuntimeError(f"training view cache entry {entry} does not match its key; delete it")
+    return TrainView(images, sizes[:, :2], sizes[:, 2:], ids_hash)
+
+
+Decode = Callable[["Image.Image"], tuple[np.ndarray, tuple[int, ...]]]
+
+
+def _build(
+    pool: Pool, entry: Path, image_size: int, workers: int, decode: Decode | None = None
+) -> None:
+    """Decode a pool into `entry` in resumable chunks. `decode` (the training views) also
+    returns a row of sizes per image, kept in sizes.npy; the default is CLIP's eval transform."""
     partial = entry.with_name(entry.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     shape = (len(pool), image_size, image_size, 3)
     images_path, done_path = partial / "images.npy", partial / "chunks.done"
-    if images_path.exists():
-        images = np.load(images_path, mmap_mode="r+")
-        if images.shape != shape:
-            raise RuntimeError(f"stale partial decode cache {partial}; delete it")
-    else:
-        images = np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8, shape=shape)
+    images = _memmap(images_path, shape, np.uint8, partial)
+    sizes = _memmap(partial / "sizes.npy", (len(pool), 4), np.int32, partial) if decode else None
     done = {int(x) for x in done_path.read_text().split()} if done_path.exists() else set()
     chunks = [c for c in range((len(pool) + CHUNK_IMAGES - 1) // CHUNK_IMAGES) if c not in done]
     log.info(
@@ -104,7 +152,11 @@ def _build(pool: Pool, entry: Path, image_size: int, workers: int) -> None:
     def decode_chunk(c: int) -> int:
         for i in range(c * CHUNK_IMAGES, min(len(pool), (c + 1) * CHUNK_IMAGES)):
             try:
-                images[i] = clip_preprocess(pool.open_image(i), image_size)
+                if decode is None:
+                    images[i] = clip_preprocess(pool.open_image(i), image_size)
+                else:
+                    images[i], row = decode(pool.open_image(i))
+                    sizes[i] = row  # type: ignore[index]
             except OSError as exc:
                 raise RuntimeError(f"cannot decode {pool.ids[i]}: {exc}") from exc
         return c
@@ -112,6 +164,8 @@ def _build(pool: Pool, entry: Path, image_size: int, workers: int) -> None:
     with ThreadPoolExecutor(max_workers=workers) as ex, open(done_path, "a") as marks:
         for c in ex.map(decode_chunk, chunks):
             images.flush()
+            if sizes is not None:
+                sizes.flush()
             marks.write(f"{c}\n")
             marks.flush()
     images.flush()
@@ -122,3 +176,13 @@ def _build(pool: Pool, entry: Path, image_size: int, workers: int) -> None:
     if entry.exists():
         shutil.rmtree(entry)
     partial.rename(entry)
+
+
+def _memmap(path: Path, shape: tuple[int, ...], dtype: type, partial: Path) -> np.memmap:
+    """A partial build's array: reopened when an interrupted build left it, else created."""
+    if path.exists():
+        array = np.load(path, mmap_mode="r+")
+        if array.shape != shape:
+            raise RuntimeError(f"stale partial decode cache {partial}; delete it")
+        return array
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)

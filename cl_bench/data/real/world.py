@@ -45,6 +45,7 @@ def default_data_root() -> Path:
 
 class RealWorld(DataWorld):
     name = "real"
+    default_augment = "rrc"  # --augment auto: the references' RandomResizedCrop (train_view)
 
     def __init__(
         self,
@@ -260,3 +261,12 @@ class RealWorld(DataWorld):
             "split_files": split_files,
             "manifests": dict(self.manifests),
         }
+
+    def train_view(self, name: str, shots: int | None, split_seed: int, image_size: int) -> Any:
+        """--augment rrc: the training split's originals (at most augment.view_size px a side)
+        and their sizes, decoded once into the cache beside the split (cache.train_view)."""
+        from cl_bench.data.real.cache import train_view
+
+        split = self.load_split(name, "train", shots, split_seed, image_size)
+        pool = self._pool(self.spec(name), "train", shots, split_seed)
+        return train_view(pool, self.cache_root, name, split.ids_hash, image_size, self.workers)
