@@ -20,6 +20,8 @@ from cl_bench.learners.drslora import (
     compressed_staircase,
     kappa_schedule,
     official_staircase,
+    reference_schedule,
+    reference_threshold_,
     soft_threshold_,
 )
 from cl_bench.learners.gated_lora import GatedLoRA
@@ -30,6 +32,40 @@ from cl_bench.models.backbone import Backbone
 # step of the staircase; X-TAIL 250 sparse steps -> interval 5, MTIL (5-shot) 150 -> interval 3.
 XTAIL_TOTAL = 5 * sum(i * 0.005 / 49 for i in range(50))  # 5 * 0.125 = 0.625
 MTIL_TOTAL = 3 * sum(i * 0.005 / 49 for i in range(50))  # 3 * 0.125 = 0.375
+# Σκ of CoDyRA's loop (models/codyra.py), counted by hand. X-TAIL: dense = 250, step 5; the
+# level moves to 1 at i = 250 (not thresholded: i > dense only), so level 1 runs 4 steps
+# (251-254), levels 2..48 five each, level 49 from i = 490 to 499: ten.
+REF_XTAIL_TOTAL = 0.005 / 49 * (4 * 1 + 5 * sum(range(2, 49)) + 10 * 49)  # 0.64990
+# MTIL: dense = 350, step 3; 350 % 3 = 2, so the level moves at 351, 354, ...: levels 1..48
+# three steps each from 351 on, level 49 from i = 495 to 499: five.
+REF_MTIL_TOTAL = 0.005 / 49 * (3 * sum(range(1, 49)) + 5 * 49)  # 0.385
+TOTALS = {"textbook": (XTAIL_TOTAL, MTIL_TOTAL), "reference": (REF_XTAIL_TOTAL, REF_MTIL_TOTAL)}
+
+
+def test_reference_threshold_is_three_sequential_updates() -> None:
+    """w[w>κ]-=κ; w[w<-κ]+=κ; w[|w|<κ]=0: |w| < 2κ ends at 0, |w| = κ stays, the rest shrinks."""
+    w = torch.tensor([-1.0, -0.0099, -0.003, 0.0, 0.002, 0.005, 0.0051, 0.0099, 0.0101, 0.8])
+    reference_threshold_(w, 0.005)
+    expected = torch.tensor([-0.995, 0.0, 0.0, 0.0, 0.0, 0.005, 0.0, 0.0, 0.0051, 0.795])
+    torch.testing.assert_close(w, expected, atol=1e-7, rtol=0)
+    v = torch.tensor([0.3, -0.3, 1e-9])
+    reference_threshold_(v, 0.0)
+    assert v.tolist() == pytest.approx([0.3, -0.3, 1e-9])
+
+
+def test_reference_schedule_counts_as_codyras_loop() -> None:
+    xtail = reference_schedule(500, 0.5, 0.005)
+    assert xtail.sum() == pytest.approx(REF_XTAIL_TOTAL, abs=1e-12)
+    assert REF_XTAIL_TOTAL == pytest.approx(0.6499, abs=1e-4)
+    assert xtail[250] == 0.0 and xtail[251] == pytest.approx(0.005 / 49)  # level 1 at once
+    assert xtail[489] == pytest.approx(48 * 0.005 / 49) and xtail[490] == pytest.approx(0.005)
+    mtil = reference_schedule(500, 0.7, 0.005)
+    assert mtil.sum() == pytest.approx(REF_MTIL_TOTAL, abs=1e-12)
+    assert REF_MTIL_TOTAL == pytest.approx(0.385)
+    assert mtil[350] == 0.0 and mtil[351] == pytest.approx(0.005 / 49)
+    assert reference_schedule(1000, 0.7, 0.005).sum() == pytest.approx(0.77, abs=1e-9)
+    # the toy's 80 iterations: (80 - 40) // 50 = 0, the level never moves: κ stays 0
+    assert reference_schedule(80, 0.5, 0.005).sum() == 0.0
 
 
 def test_soft_threshold_shrinks_toward_zero_and_zeroes_small() -> None:
@@ -48,12 +84,13 @@ def test_paper_totals_from_the_staircase_definition() -> None:
     assert XTAIL_TOTAL == pytest.approx(0.625) and MTIL_TOTAL == pytest.approx(0.375)
 
 
+@pytest.mark.parametrize("proximal", ["reference", "textbook"])
 @pytest.mark.parametrize("schedule", ["official", "paper_total"])
 @pytest.mark.parametrize(("dense", "sparse"), [(0.5, 250), (0.7, 150)])
 def test_kappa_is_zero_when_dense_and_kappa_max_at_the_end(
-    schedule: str, dense: float, sparse: int
+    schedule: str, dense: float, sparse: int, proximal: str
 ) -> None:
-    kappas, facts = kappa_schedule(500, dense, 0.005, 50, schedule, 500)
+    kappas, facts = kappa_schedule(500, dense, 0.005, 50, schedule, 500, proximal)
     assert facts["sparse_steps"] == sparse and facts["dense_steps"] == 500 - sparse
     assert np.all(kappas[: 500 - sparse] == 0)
     assert kappas[-1] == pytest.approx(0.005)
@@ -61,12 +98,14 @@ def test_kappa_is_zero_when_dense_and_kappa_max_at_the_end(
     assert len(np.unique(kappas[500 - sparse :])) == 50
 
 
+@pytest.mark.parametrize("proximal", ["reference", "textbook"])
 @pytest.mark.parametrize("iterations", [7, 24, 80, 101, 333, 500, 1000, 2000])
-@pytest.mark.parametrize(("dense", "paper_total"), [(0.5, XTAIL_TOTAL), (0.7, MTIL_TOTAL)])
+@pytest.mark.parametrize(("dense", "setting"), [(0.5, 0), (0.7, 1)])
 def test_scaled_schedule_keeps_the_paper_total_for_any_budget(
-    iterations: int, dense: float, paper_total: float
+    iterations: int, dense: float, setting: int, proximal: str
 ) -> None:
-    kappas, facts = kappa_schedule(iterations, dense, 0.005, 50, "paper_total", 500)
+    paper_total = TOTALS[proximal][setting]
+    kappas, facts = kappa_schedule(iterations, dense, 0.005, 50, "paper_total", 500, proximal)
     assert kappas.sum() == pytest.approx(paper_total, rel=1e-9)
     assert facts["kappa_total_paper"] == pytest.approx(paper_total, rel=1e-12)
     sparse = facts["sparse_steps"]
@@ -74,9 +113,10 @@ def test_scaled_schedule_keeps_the_paper_total_for_any_budget(
     if iterations != 500:  # the official staircase would not keep the total
         assert (
             abs(
-                kappa_schedule(iterations, dense, 0.005, 50, "official", 500)[0].sum() - paper_total
+                kappa_schedule(iterations, dense, 0.005, 50, "official", 500, proximal)[0].sum()
+                - paper_total
             )
-            > 0.01
+            > 0.005
         )
 
 
@@ -85,7 +125,16 @@ def test_scaled_schedule_is_official_at_the_paper_budget_and_reaches_top_level()
     stairs = compressed_staircase(24, 0.005)
     assert stairs[0] == 0.0 and stairs[-1] == pytest.approx(0.005)
     # a 1000-iteration reference budget: 300 sparse steps, interval 6
-    assert kappa_schedule(80, 0.7, 0.005, 50, "paper_total", 1000)[0].sum() == pytest.approx(0.75)
+    textbook = kappa_schedule(80, 0.7, 0.005, 50, "paper_total", 1000, "textbook")
+    assert textbook[0].sum() == pytest.approx(0.75)
+    reference = kappa_schedule(80, 0.7, 0.005, 50, "paper_total", 1000, "reference")
+    assert reference[0].sum() == pytest.approx(0.77)
+
+
+def test_resampled_reference_schedule_is_the_reference_at_its_budget() -> None:
+    for dense in (0.5, 0.7):
+        kappas, _ = kappa_schedule(500, dense, 0.005, 50, "paper_total", 500, "reference")
+        np.testing.assert_array_equal(kappas, reference_schedule(500, dense, 0.005))
 
 
 def test_budget_scaling_takes_codyras_500_iterations_not_the_settings_budget() -> None:
@@ -98,8 +147,8 @@ def test_budget_scaling_takes_codyras_500_iterations_not_the_settings_budget() -
     drslora = DRSLoRA(backbone, DRSLoRA.Config(), ctx)
     steps(drslora).begin(make_task(80))
     facts = ctx.derived["drslora.kappa"]
-    assert facts["kappa_total"] == pytest.approx(MTIL_TOTAL)
-    assert facts["kappa_total_paper"] == pytest.approx(MTIL_TOTAL)
+    assert facts["kappa_total"] == pytest.approx(REF_MTIL_TOTAL)
+    assert facts["kappa_total_paper"] == pytest.approx(REF_MTIL_TOTAL)
     other = Backbone(tiny_model(), lambda t: t, 32, (0.5,) * 3, (0.5,) * 3, "tiny", "random")
     gated = GatedLoRA(other, GatedLoRA.Config(), ctx)
     steps(gated).begin(make_task(80))
@@ -156,7 +205,7 @@ def test_drslora_trainable_parameters_on_vit_b16() -> None:
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 4_425_984
     assert ctx.derived["drslora.kappa_schedule"] == "official" and ctx.derived["drslora.kappa"][
         "kappa_total"
-    ] == pytest.approx(XTAIL_TOTAL)
+    ] == pytest.approx(REF_XTAIL_TOTAL)
 
 
 def test_config_fields_are_settable() -> None:

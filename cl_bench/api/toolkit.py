@@ -41,12 +41,22 @@ def clip_logits(model: nn.Module, images: torch.Tensor, text_tokens: torch.Tenso
 
 
 def contrastive_loss(
-    logits_per_image: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+    logits_per_image: torch.Tensor,
+    labels: torch.Tensor,
+    label_smoothing: float = 0.0,
+    text_rows: int | None = None,
 ) -> torch.Tensor:
     """image->text CE over the task's prompts + text->image CE.
 
-    text->image: each image's class prompt is scored against all images of the batch; where a
-    class occurs several times, the target is spread uniformly over that class's images.
+    text->image scores a class prompt against every image of the batch; the sum over the
+    batch's classes c and their images j of -log softmax_j(prompt c) is the same in both
+    forms, only its denominator differs:
+    - `text_rows=None` (PROTOCOL.md §2): one row per image (its class prompt), the target
+      spread uniformly over that class's images, mean over the B rows;
+    - `text_rows=P` (CoDyRA's ``models/codyra.py`` `train_model`:
+      ``F.cross_entropy(logit_scale * embeddings @ out.T, mask)``): one row per prompt of
+      every class seen so far plus the task's, P rows, the unnormalised 0/1 mask as target
+      (rows of prompts absent from the batch have all-zero targets), mean over the P rows.
     Under torchrun the rows are this rank's shard of the batch: the loss is computed on the
     whole batch gathered from every rank (`gather_batch`), so it equals one process's loss.
     """
@@ -55,7 +65,15 @@ def contrastive_loss(
     logits_per_text = logits_per_image.T[labels]  # [B, B]: prompt of image i vs every image j
     same_class = (labels[:, None] == labels[None, :]).float()
     targets = same_class / same_class.sum(dim=1, keepdim=True)
-    loss_t2i = torch.sum(-targets * F.log_softmax(logits_per_text, dim=1), dim=1).mean()
+    per_row = torch.sum(-targets * F.log_softmax(logits_per_text, dim=1), dim=1)
+    if text_rows is None:
+        loss_t2i = per_row.mean()
+    else:
+        if text_rows < logits_per_image.shape[1]:
+            raise ValueError(
+                f"text_rows={text_rows} is fewer than the task's {logits_per_image.shape[1]} prompts"
+            )
+        loss_t2i = per_row.sum() / text_rows
     return loss_i2t + loss_t2i
 
 

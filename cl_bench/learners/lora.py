@@ -8,7 +8,7 @@ Reference code: github.com/Artificer-AI-Lab/CoDyRA (``models/codyra.py``, ``lora
 What it does, per task: attach fresh rank-r adapters ΔW = B A (A Kaiming-uniform, B = 0,
 no α/r scaling) to attention q, k, v, out and MLP fc, proj of both encoders (configurable);
 train them alone with the contrastive loss of `cl_bench.api.toolkit` (image→text over the task's
-prompts + text→image) with AdamW (lr 5e-4, betas 0.9/0.9999, wd 0, cosine; the reference
+prompts + text→image, weighted as CoDyRA's code weights it: see below) with AdamW (lr 5e-4, betas 0.9/0.9999, wd 0, cosine; the reference
 code's defaults); at the end of the task write ΔW into the base weights in fp32 and remove
 the adapter. Inference cost is the plain model's.
 
@@ -19,16 +19,21 @@ Deviations from the reference code:
 - The adapter is a weight parametrization on the packed ``in_proj_weight`` (q/k/v slices),
   ``out_proj.weight`` and the MLP weights; the reference replaces MultiheadAttention by an
   unfused copy. Same function, same parameter count.
-- text→image loss: `cl_bench.api.toolkit.contrastive_loss` spreads the target of a class that
-  occurs several times in the batch uniformly over its images (PROTOCOL.md §2); the
-  reference code uses the unnormalised 0/1 mask as soft target.
+- none in the text→image term by default: the reference (``models/codyra.py``,
+  `train_model`) scores one row per prompt of every class seen so far plus the task's
+  (P rows; earlier prompts' rows have all-zero targets) against the batch's images and
+  averages over the P rows; `text_to_image="prompts"` (the default) is that form
+  (`contrastive_loss(..., text_rows=P)`, P = prompts of all earlier tasks + this task's,
+  counted with repeats as the reference's list is). `text_to_image="batch"` is the
+  PROTOCOL.md §2 form cl-bench used before: the same sum averaged over the B images, P/B
+  times heavier (1.6× at X-TAIL's first task, 17× at its tenth).
 - `logit_scale` stays frozen (the reference code trains only adapter parameters too).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -66,6 +71,9 @@ class LoRA(Learner):
         encoders: tuple[str, ...] = ENCODERS
         kinds: tuple[str, ...] = MATRIX_KINDS
         label_smoothing: float = 0.0  # reference code: --ls 0
+        # "prompts": CoDyRA's text→image mean over all seen + current prompts (reference);
+        # "batch": the mean over the batch's images (PROTOCOL.md §2, cl-bench before)
+        text_to_image: Literal["prompts", "batch"] = "prompts"
         # ReSoRA's subspace-redundancy regulariser, a plug-in for every LoRA learner
         # (cl_bench.models.redundancy); "none" = off. `resora` = lora with "linear".
         redundancy: RedundancyForm = "none"
@@ -82,6 +90,11 @@ class LoRA(Learner):
             raise UserError(f"--set rank={cfg.rank} gives LoRA rank {self.rank}; use rank >= 1")
         self.sites = find_sites(self.model, cfg.encoders, cfg.kinds)  # validates the targets
         self.trainable_per_task: list[int] = []
+        self.seen_prompts = 0  # prompts of all finished tasks (CoDyRA's args.seen_classes)
+        if cfg.text_to_image not in ("prompts", "batch"):
+            raise UserError(
+                f"--set text_to_image={cfg.text_to_image}: use prompts (CoDyRA's form) or batch"
+            )
         ctx.note(f"{self.name}.rank", self.rank)
         ctx.note(f"{self.name}.adapted_matrices", len(self.sites))
 
@@ -123,7 +136,8 @@ class LoRA(Learner):
 
     def loss(self, batch: Batch, step: StepInfo) -> tuple[torch.Tensor, dict[str, Any]]:
         logits = clip_logits(self.model, batch.images, batch.text_tokens)
-        task_loss = contrastive_loss(logits, batch.labels, self.cfg.label_smoothing)
+        rows = self.seen_prompts + logits.shape[1] if self.cfg.text_to_image == "prompts" else None
+        task_loss = contrastive_loss(logits, batch.labels, self.cfg.label_smoothing, rows)
         extra, scalars = self.extra_loss()
         total = task_loss if extra is None else task_loss + extra
         redundancy, redundancy_scalars = redundancy_loss(
@@ -143,6 +157,7 @@ class LoRA(Learner):
         self.before_merge(task)
         self.adapter.merge()
         self.adapter = None
+        self.seen_prompts += task.num_classes
 
     def state_dict(self) -> dict[str, Any]:
         if self.adapter is not None:
@@ -152,8 +167,10 @@ class LoRA(Learner):
         return {
             "model": self.model.state_dict(),
             "trainable_per_task": list(self.trainable_per_task),
+            "seen_prompts": self.seen_prompts,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.trainable_per_task = list(state.get("trainable_per_task", []))
+        self.seen_prompts = int(state["seen_prompts"])
