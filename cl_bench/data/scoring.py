@@ -1,5 +1,6 @@
-"""Zero-shot CLIP scoring: template-averaged text classifiers, image features of a test set,
-and top-1 counts against a classifier's rows.
+"""Zero-shot CLIP scoring: template-averaged text classifiers (task-incremental settings),
+one-prompt-per-class classifiers (task-agnostic settings: `DatasetInfo.union_prompts`), image
+features of a test set, and top-1 counts against a classifier's rows.
 
 Pure functions of a model and a dataset, shared by the engine's evaluator
 (`cl_bench.engine.evaluator`, which adds caching, precision and the task-agnostic label space
@@ -46,6 +47,24 @@ def text_classifier(
     )
     feats = feats.view(len(info.templates), info.num_classes, -1).mean(dim=0)
     return F.normalize(feats, dim=-1)
+
+
+@torch.inference_mode()
+def prompt_classifier(
+    model: nn.Module,
+    tokenize: Callable[[list[str]], torch.Tensor],
+    prompts: list[str],
+    device: torch.device,
+) -> torch.Tensor:
+    """[len(prompts), D]: the normalized text feature of each prompt (one prompt per class)."""
+    tokens = tokenize(prompts).to(device)
+    clip = as_clip(model)
+    return torch.cat(
+        [
+            F.normalize(clip.encode_text(tokens[i : i + TEXT_CHUNK]).float(), dim=-1)
+            for i in range(0, len(prompts), TEXT_CHUNK)
+        ]
+    )
 
 
 def uint8_batches(

@@ -1,8 +1,11 @@
-"""Zero-shot style evaluation: template-averaged text classifiers and top-1 accuracy.
+"""Zero-shot style evaluation: text classifiers and top-1 accuracy.
 
 Within one evaluation each dataset's text classifier is computed once and each test image is
-encoded once; for a task-agnostic setting (X-TAIL) the stream datasets share one classifier,
-the union of all stream domains' class prompts, and a dataset's labels are offset to its block.
+encoded once. Task-incremental settings (MTIL) average each dataset's templates. In a
+task-agnostic setting (X-TAIL) the stream datasets share one classifier, the union of all
+stream domains' class prompts, one prompt per class in the setting's `union_classifier`
+convention (CoDyRA: each dataset's templates[0]; RAIL: 'a photo of a {}.'), and a dataset's
+labels are offset to its block; hold-out datasets keep their own label space, built the same way.
 
 Across evaluations (one per task) an `EvalCache` reuses a dataset's text classifier while
 every tensor the text encoder reads is bit-identical to the moment it was computed, and a
@@ -28,6 +31,7 @@ from cl_bench.api.learner import LabelSpace, Learner
 from cl_bench.data.scoring import (
     Top1Tally,
     image_features,
+    prompt_classifier,
     text_classifier,
     top1_accuracy,
     top1_correct,
@@ -257,6 +261,7 @@ def evaluate_all(
     cache: EvalCache | None = None,
     precision: str = "fp32",
     custom_logits: Callable[[torch.Tensor, LabelSpace], torch.Tensor] | None = None,
+    union_classifier: str | None = None,
 ) -> list[EvalResult]:
     """Accuracy of `model` on every stream dataset and every hold-out dataset.
 
@@ -264,6 +269,8 @@ def evaluate_all(
     computes everything once for this evaluation. `custom_logits` (a learner's
     `eval_logits`) scores the images instead of the CLIP classifier; its image scores are
     never cached (they depend on the learner's state, not only on the vision tower).
+    `union_classifier` (task-agnostic settings: "codyra" | "rail") builds every classifier from
+    one prompt per class (`DatasetInfo.union_prompts`); None averages each dataset's templates.
     """
     cache = cache if cache is not None else EvalCache(enabled=False)
     was_training = model.training
@@ -273,9 +280,8 @@ def evaluate_all(
             cache.begin(model)
             names = tuple(dict.fromkeys(stream + holdout))
             classifiers = {
-                n: cache.text(
-                    (n, infos[n].classnames, infos[n].templates, precision),
-                    partial(text_classifier, model, backbone.tokenizer, infos[n], device),
+                n: _classifier(
+                    model, backbone, infos[n], device, cache, precision, union_classifier
                 )
                 for n in names
             }
@@ -328,6 +334,24 @@ def evaluate_all(
         return results
     finally:
         model.train(was_training)
+
+
+def _classifier(
+    model: nn.Module,
+    backbone: Backbone,
+    info: DatasetInfo,
+    device: torch.device,
+    cache: EvalCache,
+    precision: str,
+    union_classifier: str | None,
+) -> torch.Tensor:
+    """A dataset's text classifier: template-averaged, or one prompt per class (task-agnostic)."""
+    if union_classifier is None:
+        key: tuple = (info.name, info.classnames, info.templates, precision)
+        return cache.text(key, partial(text_classifier, model, backbone.tokenizer, info, device))
+    prompts = info.union_prompts(union_classifier)
+    key = (info.name, "prompts", tuple(prompts), precision)
+    return cache.text(key, partial(prompt_classifier, model, backbone.tokenizer, prompts, device))
 
 
 def subsample(images: ImageSet, limit: int | None, seed: int) -> ImageSet:
@@ -387,6 +411,7 @@ class Evaluator:
             cache=self.cache,
             precision=self.precision,
             custom_logits=learner.eval_logits if learner.custom_eval_logits else None,
+            union_classifier=s.union_classifier if s.task_agnostic else None,
         )
         counts = self.dist.sum_counts([(r.correct, r.total, *r.predicted_domains) for r in results])
         return [

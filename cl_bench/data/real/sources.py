@@ -87,7 +87,19 @@ def marker_path(spec: DatasetSpec, data_root: Path) -> Path | None:
     src = spec.source
     if src["kind"] == "hf":
         return Path(_hf_target(spec, data_root)) if _is_local_path(src["id"], data_root) else None
+    if src["kind"] == "split_file":
+        return data_root / src["image_dir"]
     return data_root / src["marker"]
+
+
+def top_dir(spec: DatasetSpec, data_root: Path) -> Path | None:
+    """The dataset's top folder under the data root (for its size on disk); None for hub ids."""
+    if spec.source["kind"] == "hf":
+        return marker_path(spec, data_root)
+    marker = marker_path(spec, data_root)
+    if marker is None:
+        return None
+    return data_root / marker.relative_to(data_root).parts[0]
 
 
 def _is_local_path(hf_id: str, data_root: Path) -> bool:
@@ -99,8 +111,8 @@ def missing(spec: DatasetSpec, data_root: Path) -> str | None:
     src = spec.source
     if src["kind"] == "hf":
         return _hf_missing(spec, data_root)
-    marker = data_root / src["marker"]
-    return None if marker.exists() else str(marker)
+    marker = marker_path(spec, data_root)
+    return None if marker is None or marker.exists() else str(marker)
 
 
 def open_pool(spec: DatasetSpec, selector: Selector, data_root: Path, cache_root: Path) -> Pool:

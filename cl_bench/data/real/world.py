@@ -1,8 +1,9 @@
 """The real data world: the MTIL / X-TAIL / hold-out datasets and an open_clip backbone.
 
-Dataset facts (class names, templates, source, split rules) are data in tasks/datasets/;
-this class joins them with a data root, a decode cache and the backbone. Nothing is
-downloaded during a run: `check` lists every missing piece with the command that fetches it.
+Dataset facts (class names, templates, source, split rules) are data in tasks/datasets/
+(MTIL) and tasks/datasets/<protocol>/ (X-TAIL: CoOp split files), picked by the setting's
+`dataset_protocol`; this class joins them with a data root, a decode cache and the backbone.
+Nothing is downloaded during a run: `check` lists every missing piece with its fix.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from cl_bench.data.real import sources
 from cl_bench.data.real.cache import decoded, default_cache_root, entry_dir
 from cl_bench.data.real.sources import Pool
 from cl_bench.data.real.spec import DatasetSpec, available_datasets, load_spec
-from cl_bench.data.real.splits import few_shot, random_split, read_split_file, write_manifest
+from cl_bench.data.real.splits import (
+    random_split,
+    read_coop_split,
+    read_split_file,
+    sample_few_shot,
+    write_manifest,
+)
 from cl_bench.data.world import DatasetInfo, DataWorld, ImageSet
 from cl_bench.errors import UserError
 
@@ -75,17 +82,25 @@ class RealWorld(DataWorld):
 
     # --- what exists --------------------------------------------------------------------
     def dataset_names(self) -> list[str]:
-        return available_datasets()
+        return available_datasets(self.dataset_protocol)
 
     def spec(self, name: str) -> DatasetSpec:
-        return load_spec(name)
+        return load_spec(name, self.dataset_protocol)
 
     def dataset_info(self, name: str) -> DatasetInfo:
-        spec = load_spec(name)
+        spec = self.spec(name)
         return DatasetInfo(name, spec.classnames, spec.templates, self.name)
 
     def split_file(self, name: str) -> Path | None:
-        """The CoOp-style split JSON for a dataset, when --split-dir holds one."""
+        """The split JSON a dataset is read from: for a split_file source (X-TAIL) its CoOp file
+        (--split-dir/<file name> when there, else the data root's); otherwise the CoOp-style
+        override --split-dir/<name>.json when --split-dir holds one."""
+        spec = self.spec(name)
+        if spec.source["kind"] == "split_file":
+            given = Path(spec.source["split_file"])
+            if self.split_dir is not None and (self.split_dir / given.name).is_file():
+                return self.split_dir / given.name
+            return self.data_root / given
         if self.split_dir is None:
             return None
         path = self.split_dir / f"{name}.json"
@@ -93,8 +108,10 @@ class RealWorld(DataWorld):
 
     def dataset_problems(self, name: str) -> list[str]:
         """Lines saying what is missing for a dataset and how to fix it; [] when ready."""
-        spec = load_spec(name)
+        spec = self.spec(name)
         src = spec.source
+        if src["kind"] == "split_file":
+            return self._split_file_problems(spec)
         lines = []
         needed = "datasets" if src["kind"] == "hf" else _MODULES_NEEDED.get(src.get("class", ""))
         if needed:
@@ -122,6 +139,21 @@ class RealWorld(DataWorld):
             )
         return lines
 
+    def _split_file_problems(self, spec: DatasetSpec) -> list[str]:
+        """One line per missing piece of a CoOp-split dataset: the split file, the images."""
+        src, lines = spec.source, []
+        split_path = self.split_file(spec.name)
+        if split_path is None or not split_path.is_file():
+            lines.append(
+                f"{spec.name}: split file missing: {self.data_root / src['split_file']}; fix: download {Path(src['split_file']).name} from {src['split_url']} (CoOp DATASETS.md) and put it there (or in --split-dir)"
+            )
+        images = self.data_root / src["image_dir"]
+        if not images.is_dir():
+            lines.append(
+                f"{spec.name}: images not found (looked for {images}); manual download: {src['manual']}"
+            )
+        return lines
+
     def check(self, dataset_names: list[str]) -> list[str]:
         from cl_bench.models.openclip import weights_problem
 
@@ -133,28 +165,32 @@ class RealWorld(DataWorld):
 
     # --- splits -------------------------------------------------------------------------
     def _pool(self, spec: DatasetSpec, split: str, shots: int | None, split_seed: int) -> Pool:
-        key = (spec.name, split, shots, split_seed)
+        key = (spec.protocol, spec.name, split, shots, split_seed)
         if key in self._pools:
             return self._pools[key]
         split_file = self.split_file(spec.name)
-        if split_file is not None:
+        if spec.source["kind"] == "split_file":
+            if split_file is None or not split_file.is_file():
+                raise UserError(self._split_file_problems(spec)[0])
+            pool = read_coop_split(spec, split_file, spec.split[split], self.data_root)
+        elif split_file is not None:
             pool = read_split_file(split_file, split, spec.num_classes, self.data_root)
         elif spec.split["rule"] == "given":
             part = "few_shot_train" if shots and split == "train" else split
             pool = sources.open_pool(spec, spec.selector(part), self.data_root, self.cache_root)
         else:
-            whole_key = (spec.name, "pool", None, split_seed)
+            whole_key = (spec.protocol, spec.name, "pool", None, split_seed)
             if whole_key not in self._pools:
                 whole = sources.open_pool(
                     spec, spec.selector("pool"), self.data_root, self.cache_root
                 )
                 train, test = random_split(whole, float(spec.split["train_fraction"]), split_seed)
-                self._pools[(spec.name, "train", None, split_seed)] = train
-                self._pools[(spec.name, "test", None, split_seed)] = test
+                self._pools[(spec.protocol, spec.name, "train", None, split_seed)] = train
+                self._pools[(spec.protocol, spec.name, "test", None, split_seed)] = test
                 self._pools[whole_key] = whole
-            pool = self._pools[(spec.name, split, None, split_seed)]
+            pool = self._pools[(spec.protocol, spec.name, split, None, split_seed)]
         if shots and split == "train":
-            pool = few_shot(pool, shots, split_seed, spec.name, spec.num_classes)
+            pool = sample_few_shot(spec, pool, shots, split_seed)
         if len(pool) == 0:
             raise UserError(
                 f"{spec.name}: the {split} split is empty; check the dataset under {self.data_root}"
@@ -167,7 +203,7 @@ class RealWorld(DataWorld):
     ) -> ImageSet:
         if split not in ("train", "test"):
             raise UserError(f"split must be 'train' or 'test', got {split!r}")
-        spec = load_spec(name)
+        spec = self.spec(name)
         pool = self._pool(spec, split, shots if split == "train" else None, split_seed)
         stem = f"{split}-{f'{shots}shot' if shots and split == 'train' else 'all'}-seed{split_seed}"
         digest, manifest = write_manifest(pool, self.cache_root / "manifests" / name, stem)
@@ -247,16 +283,19 @@ class RealWorld(DataWorld):
 
     def describe(self) -> dict[str, Any]:
         files = {
-            n: hashlib.sha256(load_spec(n).path.read_bytes()).hexdigest()[:16]
+            n: hashlib.sha256(self.spec(n).path.read_bytes()).hexdigest()[:16]
             for n in self.dataset_names()
         }
-        split_files = {n: str(p) for n in self.dataset_names() if (p := self.split_file(n))}
+        split_files = {
+            n: str(p) for n in self.dataset_names() if (p := self.split_file(n)) and p.is_file()
+        }
         return {
             "world": self.name,
             "model": self.model,
             "pretrained": self.pretrained,
             "data_root": str(self.data_root),
-            "dataset_versions": {n: load_spec(n).version for n in self.dataset_names()},
+            "dataset_protocol": self.dataset_protocol,
+            "dataset_versions": {n: self.spec(n).version for n in self.dataset_names()},
             "dataset_file_sha256": files,
             "split_files": split_files,
             "manifests": dict(self.manifests),
