@@ -30,18 +30,23 @@ ModelOpt = Annotated[str | None, typer.Option(help="open_clip model name (defaul
 PretrainedOpt = Annotated[str | None, typer.Option(help="Weights tag (default openai).")]
 
 
-def _names(names: list[str] | None, setting: str | None, order: str | None) -> list[str]:
+def _names(
+    names: list[str] | None, setting: str | None, order: str | None
+) -> tuple[list[str], str]:
+    """The datasets to look at and the protocol whose definitions describe them (the
+    setting's `dataset_protocol`; MTIL's without a setting)."""
     from cl_bench.data.real.spec import available_datasets, load_spec
+    from cl_bench.data.taskfiles import DEFAULT_PROTOCOL, resolve_setting
 
+    resolved = resolve_setting(setting, "real", order) if setting else None
+    protocol = resolved.dataset_protocol if resolved is not None else DEFAULT_PROTOCOL
     if names:
         for n in names:
-            load_spec(n)  # unknown names fail here, listing the valid ones
-        return list(names)
-    if setting:
-        from cl_bench.data.taskfiles import resolve_setting
-
-        return list(resolve_setting(setting, "real", order).eval_datasets)
-    return available_datasets()
+            load_spec(n, protocol)  # unknown names fail here, listing the valid ones
+        return list(names), protocol
+    if resolved is not None:
+        return list(resolved.eval_datasets), protocol
+    return available_datasets(protocol), protocol
 
 
 def _size_bytes(path: Path) -> int:
@@ -79,25 +84,39 @@ def check(
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False,
+    world_name: Annotated[
+        str, typer.Option("--world", help="The data world to check (real: the one read from disk).")
+    ] = "real",
+    split_dir: Annotated[
+        Path | None, typer.Option(help="Directory of split files (as clbench run --split-dir).")
+    ] = None,
 ) -> None:
-    """Per dataset: found / missing, where it looked, size on disk; then the weights. Exit 1 if anything is missing."""
+    """Per dataset: found / missing, where it looked, size on disk; then the weights. Exit 1 if anything is missing.
+
+    The setting's dataset definitions are checked (X-TAIL: its CoOp split files and image
+    folders); each missing piece is one line with where to get it and the path to put it at."""
     from cl_bench.data.real import sources
     from cl_bench.data.real.world import RealWorld
+    from cl_bench.errors import UserError
     from cl_bench.models.openclip import weights_problem
 
-    world = RealWorld(model=model, pretrained=pretrained, data_root=root)
+    if world_name != "real":
+        raise UserError(
+            f"clbench data check looks at the real world's files; the {world_name} world ships its own data; drop --world {world_name}"
+        )
+    world = RealWorld(model=model, pretrained=pretrained, data_root=root, split_dir=split_dir)
+    selected, protocol = _names(names, setting, order)
+    world.select_protocol(protocol)
     rows = []
-    for name in _names(names, setting, order):
+    for name in selected:
         spec = world.spec(name)
         problems = world.dataset_problems(name)
         marker = sources.marker_path(spec, world.data_root)
-        top = (
-            world.data_root / Path(spec.source["marker"]).parts[0]
-            if spec.source["kind"] != "hf"
-            else marker
-        )
+        top = sources.top_dir(spec, world.data_root)
         size = _human(_size_bytes(top)) if not problems and top is not None and top.exists() else ""
         where = str(marker) if marker is not None else f"HF cache: {spec.source['id']}"
+        if spec.source["kind"] == "split_file":
+            where += f" + {world.split_file(name)}"
         rows.append(
             {
                 "dataset": name,
@@ -118,12 +137,13 @@ def check(
         }
     )
     if as_json:
-        typer.echo(json.dumps({"data_root": str(world.data_root), "items": rows}, indent=2))
+        out = {"data_root": str(world.data_root), "dataset_protocol": protocol, "items": rows}
+        typer.echo(json.dumps(out, indent=2))
     else:
         missing = sum(r["status"] == "missing" for r in rows)
         if missing:  # the problem and the count first; one line per missing piece below
             typer.echo(f"not ready: {missing} of {len(rows)} items missing (fixes below)")
-        typer.echo(f"data root: {world.data_root}")
+        typer.echo(f"data root: {world.data_root} (dataset definitions: {protocol})")
         for r in rows:
             typer.echo(f"{r['status']:8s} {r['dataset']:28s} {r['size']:>10s}  {r['looked_at']}")
             for fix in r["fixes"]:
@@ -150,7 +170,10 @@ def prepare(
     from cl_bench.models.openclip import fetch_weights
 
     world = RealWorld(model=model, pretrained=pretrained, data_root=root)
-    selected = [] if (weights and not names and not setting) else _names(names, setting, order)
+    selected, protocol = (
+        ([], "mtil") if (weights and not names and not setting) else _names(names, setting, order)
+    )
+    world.select_protocol(protocol)
     failed = False
     for name in selected:
         spec = world.spec(name)
@@ -158,7 +181,11 @@ def prepare(
         if not world.dataset_problems(name):
             typer.echo(f"{name}: already present")
             continue
-        if src["kind"] == "torchvision" and src["download"]:
+        if src["kind"] == "split_file":  # CoOp split files live on Google Drive: by hand
+            for line in world.dataset_problems(name):
+                typer.echo(f"manual download needed: {line}")
+            failed = True
+        elif src["kind"] == "torchvision" and src["download"]:
             failed |= not _download_torchvision(spec, world.data_root)
         elif src["kind"] == "hf":
             failed |= not _download_hf(spec)
