@@ -316,3 +316,37 @@ def _union_classifier(raw: dict[str, Any], name: str, given: str | None) -> str 
             f"--union-classifier {given!r} is unknown; valid: {', '.join(UNION_CLASSIFIERS)}"
         )
     return given or raw.get("union_classifier", next(iter(UNION_CLASSIFIERS)))
+
+
+def setting_dataset_rows(world: str, setting: str) -> list[dict[str, Any]]:
+    """Per dataset of a setting, as the setting's protocol defines it in `world` ("all": each
+    world): class count and names, and the classifier: the one template a task-agnostic
+    setting's union (and hold-out) classifier uses, or the number of templates averaged."""
+    from cl_bench.data.worlds import world_class, world_names
+
+    names = world_names()
+    if world not in (*names, "all"):
+        raise UserError(f"unknown world {world!r}; valid: {', '.join(names)}, all")
+    rows = []
+    for name in names if world == "all" else [world]:
+        s = resolve_setting(setting, name)
+        w = world_class(name)()
+        w.select_protocol(s.dataset_protocol)
+        for ds in s.eval_datasets:
+            info = w.dataset_info(ds)
+            rows.append(
+                {
+                    "name": ds,
+                    "world": name,
+                    "role": "stream" if ds in s.datasets else "holdout",
+                    "dataset_protocol": s.dataset_protocol,
+                    "num_classes": info.num_classes,
+                    "union_classifier": s.union_classifier,
+                    "union_template": (
+                        info.union_template(s.union_classifier) if s.union_classifier else None
+                    ),
+                    "templates_averaged": 1 if s.union_classifier else len(info.templates),
+                    "classnames": list(info.classnames),
+                }
+            )
+    return rows
