@@ -4,6 +4,9 @@ Every number is recomputed from each run's accuracy.parquet with PROTOCOL.md §1
 (`results.summarize`), then aggregated over seeds (mean, sample std with ddof = 1, count).
 Costs come from the run manifests, never from typed-in values. One table compares like with
 like: runs of different worlds, backbones, settings, orders, shots or budgets are refused.
+Reference learners that train nothing (zeroshot) join a table of any training budget, and
+published matrices (`clbench import`) join the user's runs of the same world, backbone,
+setting, order, shots and stream (docs/leaderboard.md, "One comparison per table").
 This module builds the tables (types in `cl_bench.analysis.tables`); rendering them as text
 lives in `cl_bench.analysis.leaderboard_render`.
 """
@@ -25,14 +28,25 @@ from cl_bench.analysis.results import (
     DOMAINS_FILE,
     cross_domain_shares,
     find_run_dirs,
+    learner_role,
     read_manifest,
     read_parquet,
     summarize,
 )
-from cl_bench.analysis.tables import GROUP_FIELDS, Board, Cell, Column, Row, Table
+from cl_bench.analysis.tables import (
+    BUDGET_FIELDS,
+    IMPORTED_WILDCARDS,
+    MATCH_FIELDS,
+    Board,
+    Cell,
+    Column,
+    Row,
+    Table,
+)
 from cl_bench.errors import UserError
 
 METRICS = ("transfer", "average", "last", "gain", "forgetting")
+COST_KEYS = ("trainable", "extra_inference", "train_s", "eval_s", "rss_mb", "cuda_mb")
 METRIC_CHOICES = ("transfer", "average", "last", "all")
 METRIC_TITLES = {
     "transfer": "Transfer",
@@ -54,6 +68,12 @@ class RunRecord:
     label: str
     seed: int
     cross_domain: pd.DataFrame | None = None  # task-agnostic runs: results.cross_domain_shares
+    role: str = "continual"  # continual (ranked) | reference (shown, not ranked)
+    wildcards: frozenset[str] = frozenset()  # MATCH_FIELDS this run matches whatever their value
+
+    @property
+    def imported(self) -> bool:
+        return "imported" in self.manifest
 
 
 # ------------------------------------------------------------------------------ loading
@@ -69,6 +89,7 @@ def _run_group(acc: pd.DataFrame, manifest: dict[str, Any]) -> dict[str, Any]:
         "order": str(first["order"]),
         "shots": int(first["shots"]),
         "iterations": setting.get("iterations"),
+        "batch_size": setting.get("batch_size"),
         "stream": " ".join(setting.get("datasets", [])),
         "eval_limit": manifest.get("config", {}).get("eval_limit"),
         "precision": manifest.get("config", {}).get("precision", "fp32"),
@@ -76,7 +97,10 @@ def _run_group(acc: pd.DataFrame, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def _label(manifest: dict[str, Any], learner: str) -> str:
-    """The learner name, plus its --set overrides: other hyperparameters are another row."""
+    """The learner name, plus its --set overrides: other hyperparameters are another row.
+    A published matrix: the name and where it was published (its own row)."""
+    if "imported" in manifest:
+        return f"{learner} (imported: {manifest['imported'].get('source', '?')})"
     overrides = manifest.get("config", {}).get("overrides") or {}
     if not overrides:
         return learner
@@ -98,15 +122,26 @@ def load_run(run_dir: Path) -> RunRecord:
     except (UserError, KeyError, ValueError, IndexError) as exc:
         raise UserError(f"corrupt accuracy.parquet ({exc})") from None
     learner = str(acc["learner"].iloc[0])
-    return RunRecord(
-        run_dir,
-        manifest,
-        summary,
-        _run_group(acc, manifest),
-        _label(manifest, learner),
-        int(acc["seed"].iloc[0]),
-        _cross_domain(run_dir, int(acc["after_task"].max())),
-    )
+    try:
+        role, uses_budget = learner_role(manifest, learner)
+        wildcards = frozenset(() if uses_budget else BUDGET_FIELDS)
+        if "imported" in manifest:
+            wildcards |= frozenset(IMPORTED_WILDCARDS)
+        return RunRecord(
+            run_dir,
+            manifest,
+            summary,
+            _run_group(acc, manifest),
+            _label(manifest, learner),
+            int(acc["seed"].iloc[0]),
+            _cross_domain(run_dir, int(acc["after_task"].max())),
+            role,
+            wildcards,
+        )
+    except (AttributeError, TypeError, ValueError, KeyError) as exc:  # a hand-made manifest
+        raise UserError(
+            f"manifest.json is not a cl-bench run manifest ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _cross_domain(run_dir: Path, last_task: int) -> pd.DataFrame | None:
@@ -161,17 +196,36 @@ def collect_runs(
     return kept, skipped
 
 
+def _differing(runs: list[RunRecord]) -> list[str]:
+    """The MATCH_FIELDS on which runs disagree; a run's wildcards agree with any value."""
+    return [
+        f for f in MATCH_FIELDS if len({str(r.group[f]) for r in runs if f not in r.wildcards}) > 1
+    ]
+
+
+def board_group(runs: list[RunRecord]) -> dict[str, Any]:
+    """The table's identity: each field's value among the runs that fix it (None: no run
+    does, e.g. the budget of a table of zero-shot and imported rows only)."""
+    group: dict[str, Any] = {}
+    for f in MATCH_FIELDS:
+        fixed = [r.group[f] for r in runs if f not in r.wildcards]
+        group[f] = fixed[0] if fixed else None
+    return group
+
+
 def _check_one_group(runs: list[RunRecord]) -> None:
+    differing = _differing(runs)
+    if not differing:
+        return
     groups: dict[tuple, list[RunRecord]] = {}
     for r in runs:
-        groups.setdefault(tuple(str(r.group[f]) for f in GROUP_FIELDS), []).append(r)
-    if len(groups) == 1:
-        return
-    keys = list(groups)
-    differing = [f for i, f in enumerate(GROUP_FIELDS) if len({k[i] for k in keys}) > 1]
+        key = tuple("any" if f in r.wildcards else str(r.group[f]) for f in differing)
+        groups.setdefault(key, []).append(r)
+    keys = sorted(groups)
+
     parts = [
-        f"{_describe(groups[k][0].group, differing)} ({len(groups[k])} run{'s' * (len(groups[k]) > 1)})"
-        for k in sorted(keys)
+        f"{_describe(dict(zip(differing, k, strict=True)), differing)} ({len(groups[k])} run{'s' * (len(groups[k]) > 1)})"
+        for k in keys
     ]
     flags = [FILTER_FLAGS[f] for f in differing if f in FILTER_FLAGS]
     hint = (
@@ -210,11 +264,9 @@ def _rows_by_label(runs: list[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
 
 
 def _is_reference(runs: list[RunRecord]) -> bool:
-    return all(
-        max((t.get("trainable_parameters") or 0 for t in r.manifest.get("tasks", [])), default=0)
-        == 0
-        for r in runs
-    )
+    """Rows of reference learners (zeroshot, the joint / individual upper bounds) are shown
+    first and never ranked; the role comes from the manifest (results.learner_role)."""
+    return all(r.role == "reference" for r in runs)
 
 
 def _table(key: str, title: str, columns: list[Column], runs: list[RunRecord], value) -> Table:
@@ -262,6 +314,17 @@ def holdout_names(runs: list[RunRecord]) -> list[str]:
     return list(s[s["split"] == "holdout"]["dataset"])
 
 
+def holdout_sets(runs: list[RunRecord]) -> list[tuple[tuple[str, ...], list[RunRecord]]]:
+    """Runs grouped by the hold-out datasets they evaluated (`--holdout` changes the set; a run
+    with none is in no hold-out table): the largest group first, then by names."""
+    sets: dict[tuple[str, ...], list[RunRecord]] = {}
+    for r in runs:
+        names = tuple(holdout_names([r]))
+        if names:
+            sets.setdefault(names, []).append(r)
+    return sorted(sets.items(), key=lambda item: (-len(item[1]), item[0]))
+
+
 def metric_tables(runs: list[RunRecord], metrics: list[str], per_dataset: bool) -> list[Table]:
     if not per_dataset:
         columns = [
@@ -294,18 +357,35 @@ def metric_tables(runs: list[RunRecord], metrics: list[str], per_dataset: bool) 
     return tables
 
 
+def holdout_tables(runs: list[RunRecord]) -> list[Table]:
+    """One hold-out table per hold-out set: runs evaluated on other datasets are never
+    averaged into one column (nor their means into one "mean")."""
+    sets = holdout_sets(runs)
+    tables = []
+    for held, group in sets:
+        names = [*held, "mean"]
+        key, title = (
+            "holdout",
+            "Hold-out transfer (%): mean over tasks of unseen datasets' accuracy",
+        )
+        if len(sets) > 1:
+            key, title = f"holdout-{'-'.join(held)}", f"{title}; runs held out {', '.join(held)}"
+        tables.append(
+            _table(
+                key,
+                title,
+                [Column(n) for n in names],
+                group,
+                lambda r, i, names=names: _metric_value(r.summary, "holdout_transfer", names[i]),
+            )
+        )
+    return tables
+
+
 def holdout_table(runs: list[RunRecord]) -> Table | None:
-    names = holdout_names(runs)
-    if not names:
-        return None
-    names = names + ["mean"]
-    return _table(
-        "holdout",
-        "Hold-out transfer (%): mean over tasks of unseen datasets' accuracy",
-        [Column(n) for n in names],
-        runs,
-        lambda r, i: _metric_value(r.summary, "holdout_transfer", names[i]),
-    )
+    """The hold-out table of the largest hold-out set (`clbench compare`'s bars)."""
+    tables = holdout_tables(runs)
+    return tables[0] if tables else None
 
 
 def cross_domain_table(runs: list[RunRecord], per_dataset: bool) -> Table | None:
@@ -344,7 +424,10 @@ def cross_domain_table(runs: list[RunRecord], per_dataset: bool) -> Table | None
 
 
 def run_costs(manifest: dict[str, Any]) -> dict[str, float]:
-    """What one run measured: parameters, time and memory (manifest values only)."""
+    """What one run measured: parameters, time and memory (manifest values only). An imported
+    matrix measured nothing here: every cost is NaN (an empty cell), never 0."""
+    if "imported" in manifest:
+        return dict.fromkeys(COST_KEYS, float("nan"))
     tasks = manifest.get("tasks", [])
     cuda = [t["peak_cuda_mb"] for t in tasks if t.get("peak_cuda_mb") is not None]
     reported = [manifest.get("peak_rss_mb")] + [t.get("peak_rss_mb") for t in tasks]
@@ -390,14 +473,12 @@ def build_board(
     runs, skipped = collect_runs(paths, filters)
     metrics = list(METRICS) if metric == "all" else [metric]
     tables = metric_tables(runs, metrics, per_dataset)
-    holdout = holdout_table(runs)
-    if holdout is not None:
-        tables.append(holdout)
+    tables += holdout_tables(runs)
     cross = cross_domain_table(runs, per_dataset)
     if cross is not None:
         tables.append(cross)
     tables.append(cost_table(runs))
-    return Board(runs[0].group, len(runs), tables), skipped
+    return Board(board_group(runs), len(runs), tables), skipped
 
 
 def render_leaderboard(

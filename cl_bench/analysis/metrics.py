@@ -3,6 +3,8 @@
 Exactly PROTOCOL.md §1 (the ZSCL / MoE-Adapter / RAIL / CoDyRA reference formulas).
 `acc` has shape (T + 1, T): row 0 is the zero-shot model (reported, never in a metric),
 row t the model after task t; column j the stream dataset learned at task j (1-based).
+Row 0 may be absent (all NaN): a published matrix imported without its zero-shot row
+(`cl_bench.analysis.importer`). Gain, which needs it, is then NaN; nothing else uses it.
 """
 
 from __future__ import annotations
@@ -41,8 +43,11 @@ def _check(acc: np.ndarray, name: str) -> np.ndarray:
         raise UserError(
             f"{name}: expected a (T+1) x N matrix with the zero-shot row and >= 1 task row, got shape {acc.shape}"
         )
-    if np.isnan(acc).any():
-        rows = sorted({int(r) for r in np.argwhere(np.isnan(acc))[:, 0]})
+    missing = np.isnan(acc)
+    if np.isnan(acc[0]).all():  # no zero-shot row (an imported matrix): only gain needs it
+        missing[0] = False
+    if missing.any():
+        rows = sorted({int(r) for r in np.argwhere(missing)[:, 0]})
         raise UserError(
             f"{name}: missing accuracies after task(s) {rows}; the run is incomplete (resume it)"
         )
@@ -61,7 +66,7 @@ def stream_metrics(acc: np.ndarray) -> StreamMetrics:
     average = trained.mean(axis=0)
     last = trained[-1].copy()
     diag = np.diagonal(trained)
-    gain = float(np.mean(diag - acc[0]))
+    gain = float(np.mean(diag - acc[0]))  # NaN without a zero-shot row
     forgetting = float(np.mean(diag[:-1] - last[:-1])) if num_tasks > 1 else float("nan")
     return StreamMetrics(transfer, average, last, gain, forgetting)
 

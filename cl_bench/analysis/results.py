@@ -156,15 +156,70 @@ def read_parquet(path: Path) -> pd.DataFrame:
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """manifest.json, checked for the shape cl-bench writes (check_manifest)."""
     path = Path(run_dir) / MANIFEST_FILE
     try:
-        return json.loads(path.read_text())
+        return check_manifest(json.loads(path.read_text()), path)
     except FileNotFoundError:
         raise UserError(f"{path} does not exist; is {run_dir} a run directory?") from None
     except json.JSONDecodeError as exc:
         raise UserError(
             f"{path} is corrupt ({exc.msg}); delete the run directory and run again"
         ) from None
+
+
+# The manifest keys a reader relies on, with the JSON type each must have when present.
+# A manifest of another schema (or a hand-made one) fails here with one line, not later
+# with an AttributeError deep in a leaderboard.
+MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
+    "status": (str,),
+    "config": (dict,),
+    "setting": (dict,),
+    "learner": (dict,),
+    "backbone": (dict,),
+    "world": (dict,),
+    "tasks": (list,),
+    "imported": (dict,),
+}
+JSON_TYPE_NAMES: dict[type, str] = {dict: "a table", list: "a list", str: "a string"}
+REFERENCE_LEARNERS = frozenset({"zeroshot"})  # manifests older than learner.role
+
+
+def check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
+    """The manifest if it has the shape cl-bench writes; UserError (one line) if not."""
+
+    def kind(value: Any) -> str:
+        return JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path} is {kind(manifest)}, not a cl-bench run manifest (a JSON table)")
+    for key, types in MANIFEST_TYPES.items():
+        if key in manifest and not isinstance(manifest[key], types):
+            raise UserError(
+                f"{path}: '{key}' is {kind(manifest[key])}, not {JSON_TYPE_NAMES[types[0]]}; "
+                "not a cl-bench run manifest (another schema or a hand-made file?)"
+            )
+    if not all(isinstance(t, dict) for t in manifest.get("tasks", [])):
+        raise UserError(f"{path}: 'tasks' must be a list of tables; not a cl-bench run manifest")
+    return manifest
+
+
+def learner_role(manifest: dict[str, Any], learner: str) -> tuple[str, bool]:
+    """(role, uses_training_budget) of a run's learner: "continual" rows are ranked,
+    "reference" rows (zero-shot, upper bounds) are shown beside them; a learner that does not
+    use the training budget gives the same numbers at any --iterations / --batch-size.
+    Manifests written before these keys existed: zeroshot is a budget-free reference, every
+    other learner a budget-bound continual learner."""
+    entry = manifest.get("learner", {})
+    old = learner in REFERENCE_LEARNERS
+    role = entry.get("role", "reference" if old else "continual")
+    uses_budget = entry.get("uses_training_budget", not old)
+    if role not in ("continual", "reference") or not isinstance(uses_budget, bool):
+        raise UserError(
+            f"learner.role {role!r} / uses_training_budget {uses_budget!r} in the manifest; "
+            "expected 'continual' or 'reference' and true or false"
+        )
+    return role, uses_budget
 
 
 def accuracy_matrices(acc: pd.DataFrame) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:

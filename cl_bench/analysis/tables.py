@@ -21,6 +21,13 @@ GROUP_FIELDS = (
     "precision",
     "eval_limit",
 )
+# Compared as well, but not named in a table's heading (committed tables keep their text).
+MATCH_FIELDS = (*GROUP_FIELDS, "batch_size")
+# The training budget: a learner that trains nothing (zeroshot) matches any of its values.
+BUDGET_FIELDS = ("iterations", "batch_size")
+# A published matrix (clbench import): its budget and precision are the paper's, not
+# recorded; it matches on world, backbone, setting, order, shots, stream and eval limit.
+IMPORTED_WILDCARDS = (*BUDGET_FIELDS, "precision")
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,7 @@ class Row:
     label: str
     seeds: int
     cells: list[Cell]
-    reference: bool  # a learner that never trains (zeroshot): shown, not ranked
+    reference: bool  # learner role "reference" (zeroshot, upper bounds): shown, not ranked
 
 
 @dataclass

@@ -182,23 +182,11 @@ def list_settings(
 @list_app.command("datasets")
 def list_datasets(
     world: Annotated[str, typer.Option(help="toy, real or all.")] = "all",
-    setting: Annotated[
-        str | None,
-        typer.Option(help="This setting's datasets as its protocol defines them (+ classifier)."),
-    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False,
 ) -> None:
-    """Datasets of each world: class and template counts (--setting: class names, union template)."""
+    """Datasets of each world: class and template counts."""
     from cl_bench.cli.view import dataset_rows, print_rows
 
-    if setting is not None:
-        from cl_bench.data.taskfiles import setting_dataset_rows
-
-        rows = setting_dataset_rows(world, setting)
-        if not as_json:  # the class names go to --json only
-            rows = [{k: v for k, v in r.items() if k != "classnames"} for r in rows]
-        print_rows(rows, as_json, f"Datasets of {setting}")
-        return
     print_rows(dataset_rows(world), as_json, "Datasets")
 
 
@@ -372,6 +360,51 @@ def compare(
     print(path)
 
 
+@app.command("import")
+def import_matrix(
+    matrix: Annotated[Path, typer.Argument(help="A published accuracy matrix: .npy or .csv.")],
+    setting: Annotated[str, typer.Option(help="The setting it was measured on (mtil, xtail).")],
+    learner: Annotated[str, typer.Option(help="The learner's name in the tables.")],
+    source: Annotated[str, typer.Option(help="Where it was published: paper, table, file.")],
+    order: Annotated[str | None, typer.Option(help="The task order (default: the first).")] = None,
+    shots: Annotated[
+        int | None, typer.Option(help="Shots per class (default: the setting's).")
+    ] = None,
+    layout: Annotated[
+        str, typer.Option(help="plain (T or T+1 rows x T) or zscl (ZSCL's mtil/results/*.npy).")
+    ] = "plain",
+    scale: Annotated[str, typer.Option(help="percent (0-100) or fraction (0-1).")] = "percent",
+    role: Annotated[
+        str | None, typer.Option(help="continual (ranked) or reference (default: by learner).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the published run, if several.")] = 0,
+    model: Annotated[str | None, typer.Option(help="Its backbone (default ViT-B-16).")] = None,
+    pretrained: Annotated[
+        str | None, typer.Option(help="Its weights tag (default openai).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory to write (default results/runs/<id>).")
+    ] = None,
+) -> None:
+    """A paper's accuracy matrix as a run directory, shown by `clbench leaderboard` beside yours."""
+    from dataclasses import asdict
+
+    from cl_bench.analysis.importer import import_matrix as write_import
+    from cl_bench.analysis.results import SUMMARY_FILE, read_parquet
+    from cl_bench.engine.settings import resolve_setting
+    from cl_bench.models.openclip import DEFAULT_MODEL, DEFAULT_PRETRAINED
+
+    resolved = asdict(resolve_setting(setting, "real", order, shots))
+    run_dir = write_import(
+        matrix, resolved, learner=learner, source=source, model=model or DEFAULT_MODEL,
+        pretrained=pretrained or DEFAULT_PRETRAINED, out=out, seed=seed, role=role,
+        layout=layout, scale=scale,
+    )  # fmt: skip
+    mean = read_parquet(run_dir / SUMMARY_FILE).set_index("dataset").loc["mean"]
+    shown = ", ".join(f"{k} {mean[k]:.1f}" for k in ("transfer", "average", "last"))
+    print(f"{run_dir}: {learner} ({source}): {shown}")
+
+
 @app.command()
 @run_options(only=BENCH_OPTIONS, defaults={"learner": "drslora"})
 def bench(
@@ -393,7 +426,8 @@ def bench(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors print one line and exit 2; --debug shows the traceback."""
+    """Entry point: user errors print one line (several problems: a count line, then one line
+    each) and exit 2; --debug shows the traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
