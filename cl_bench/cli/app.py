@@ -182,11 +182,23 @@ def list_settings(
 @list_app.command("datasets")
 def list_datasets(
     world: Annotated[str, typer.Option(help="toy, real or all.")] = "all",
+    setting: Annotated[
+        str | None,
+        typer.Option(help="This setting's datasets as its protocol defines them (+ classifier)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False,
 ) -> None:
-    """Datasets of each world: class and template counts."""
+    """Datasets of each world: class and template counts (--setting: class names, union template)."""
     from cl_bench.cli.view import dataset_rows, print_rows
 
+    if setting is not None:
+        from cl_bench.data.taskfiles import setting_dataset_rows
+
+        rows = setting_dataset_rows(world, setting)
+        if not as_json:  # the class names go to --json only
+            rows = [{k: v for k, v in r.items() if k != "classnames"} for r in rows]
+        print_rows(rows, as_json, f"Datasets of {setting}")
+        return
     print_rows(dataset_rows(world), as_json, "Datasets")
 
 
