@@ -4,7 +4,8 @@ One run: the accuracy matrix (after-task x dataset), each dataset's accuracy acr
 stream, training curves from train_log.parquet, and the learner's own records when present —
 drslora's rank allocation (ranks.parquet, as CoDyRA Fig. 5/6), gated_lora's active blocks
 (gates.parquet) and clip_ast's selected tensors (selected.parquet). matplotlib is imported
-lazily with the Agg backend (no display needed).
+lazily with the Agg backend (no display needed). report_html puts these plots on one
+self-contained page (`clbench report RUN_DIR --html`).
 """
 
 from __future__ import annotations
