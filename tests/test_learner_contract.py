@@ -9,7 +9,9 @@ whose `Trainer` is wrapped to look at the model around each task's steps), then:
 - a task changes only the parameters `trainable(task)` declared at the task's start (from
   before `begin_task` to after the steps, before `end_task`: merges write into the base
   weights there), and those it did not declare have requires_grad False while it trains;
-- `trainable()` is empty exactly for zeroshot; a learner that trains answers
+- `trainable()` is empty exactly for the learners with `uses_training_budget = False`
+  (zeroshot, the closed-form RAIL forms), which run no steps and never move the model; a
+  learner that trains answers
   `optimizer_config(task)` with an `OptimizerConfig` whose lr is resolved (> 0);
 - `state_dict()` after the run survives the checkpoint format unchanged and loads into a
   fresh instance built the same way, which then has identical parameters and state;
@@ -41,16 +43,23 @@ from cl_bench.engine.trainer import TaskTraining, Trainer
 
 TESTS_DIR = Path(__file__).resolve().parent
 
-# Parameters the eval model has beyond the base model's, per learner (default 0: every
-# built-in learner and baseline merges or discards what it adds). A learner that keeps
+# Parameters the eval model has beyond the base model's, per learner (default 0: the
+# learner merges or discards what it adds). A learner that keeps
 # parameters for inference (e.g. MoE adapters and their router) adds its count here.
 EXTRA_INFERENCE_PARAMETERS: dict[str, int] = {
     "clip_ast": 0,
     "drslora": 0,
     "finetune": 0,
     "gated_lora": 0,
+    "individual": 0,
+    "joint": 0,
     "lora": 0,
     "lwf": 0,
+    # RAIL keeps its regression for inference (fake world: D = 32 features, 3 + 4 classes,
+    # 8 training images per class). primal: projection 938 x 32 (hidden = 15000 * 32 / 512)
+    # + W 938 x 7; dual: the feature memory 56 x 32 + alpha 56 x 7.
+    "rail_dual": 56 * 32 + 56 * 7,
+    "rail_primal": 938 * 32 + 938 * 7,
     "resora": 0,
     "wiseft": 0,
     "zeroshot": 0,
@@ -215,7 +224,8 @@ def _assert_loads_to_the_same_model(engine: Engine, state: dict[str, Any], via: 
 
 def test_the_parametrization_covers_builtins_and_baselines():
     builtins = {"zeroshot", "lora", "drslora", "gated_lora", "resora", "clip_ast"}
-    baselines = {"finetune", "lwf", "wiseft", "zscl"}
+    baselines = {"finetune", "lwf", "wiseft", "zscl", "rail_primal", "rail_dual", "joint"}
+    baselines |= {"individual"}
     assert builtins | baselines <= set(LEARNER_NAMES)
 
 
@@ -228,9 +238,9 @@ def test_learner_keeps_the_contract(name, tmp_path, fake_base_model):
     tasks = engine.contract.tasks
     assert len(tasks) == TASKS
 
-    trains = name != "zeroshot"
+    trains = engine.learner_cls.uses_training_budget
     for t, entry in enumerate(tasks, start=1):
-        # trainable() is empty exactly for zeroshot
+        # trainable() is empty exactly for the learners that use no training budget
         assert (entry["declared_numel"] > 0) is trains, f"{name} task {t}: trainable()"
         assert outcome.manifest["tasks"][t - 1]["trainable_parameters"] == entry["declared_numel"]
         if not trains:
@@ -243,7 +253,7 @@ def test_learner_keeps_the_contract(name, tmp_path, fake_base_model):
             assert not bad, f"{name} task {t}: non-finite scalars {bad}"
         # the check above was not vacuous: the task did train something
         assert entry["changed"], f"{name} task {t}: no parameter changed in {ITERATIONS} steps"
-    if not trains:  # zeroshot: the model never moves
+    if not trains:  # zeroshot, rail_*: the model never moves
         base = _parameters(fake_base_model)
         for n, p in learner.model.named_parameters():
             assert torch.equal(p, base[n]), n
