@@ -35,8 +35,8 @@ stream: one draw of num_tasks × iterations × batch images from the world, serv
 no image is seen twice in the run (toy world only: the real world returns its reference
 images as one device tensor, 38 GB for one task of the real budget). The default,
 ``reference=pool``, draws `reference_images` = 2048 images once per run and cycles through them,
-reshuffled per pass (seeded by seed and task); on the toy world both give the same numbers
-within seed noise (docs/learners.md). Captions: `reference_captions` = 2048 drawn from the
+reshuffled per pass (seeded by seed and task); docs/learners.md gives the toy world's
+pool-against-stream comparison. Captions: `reference_captions` = 2048 drawn from the
 world, not the whole caption list.
 Deviations: the pool (above); the distillation is KL · T² (the reference's soft
 cross-entropy minus a constant: same gradient, 0 when student equals teacher).
