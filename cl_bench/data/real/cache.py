@@ -89,8 +89,8 @@ def decoded(
 
 def train_view_pixels(img: Image.Image, side: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """An original as a training view: unchanged where it fits in side x side, else resized
-    (bicubic) to at most `side` per axis; top-left in a zero side x side array.
-    Returns the pixels and (width, height, stored width, stored height)."""
+    (bicubic) to at most `side` per axis. Returns its pixels [stored height, stored width, 3]
+    and (width, height, stored width, stored height)."""
     from PIL import Image as PILImage
 
     img = img.convert("RGB")
@@ -98,9 +98,7 @@ def train_view_pixels(img: Image.Image, side: int) -> tuple[np.ndarray, tuple[in
     ew, eh = min(w, side), min(h, side)
     if (ew, eh) != (w, h):
         img = img.resize((ew, eh), PILImage.Resampling.BICUBIC)
-    out = np.zeros((side, side, 3), dtype=np.uint8)
-    out[:eh, :ew] = np.asarray(img, dtype=np.uint8)
-    return out, (w, h, ew, eh)
+    return np.asarray(img, dtype=np.uint8), (w, h, ew, eh)
 
 
 def view_entry_dir(cache_root: Path, dataset: str, split: str, ids_hash: str, side: int) -> Path:
@@ -111,7 +109,10 @@ def train_view(
     pool: Pool, cache_root: Path, dataset: str, ids_hash: str, image_size: int,
     workers: int | None = None,
 ) -> TrainView:  # fmt: skip
-    """The training view of a split for crops to `image_size` (built once, like `decoded`)."""
+    """The training view of a split for crops to `image_size` (built once, like `decoded`).
+
+    Images sit top-left in squares of the split's largest stored side (at most
+    `view_size(image_size)`), so a split of small originals (MNIST, CIFAR) stays small."""
     side = view_size(image_size)
     entry = view_entry_dir(cache_root, dataset, "train", ids_hash, side)
     if not (entry / COMPLETE).exists():
@@ -124,7 +125,8 @@ def train_view(
     images = np.load(entry / "images.npy", mmap_mode="c")
     sizes = np.load(entry / "sizes.npy").astype(np.int64)
     labels = np.load(entry / "labels.npy")
-    if images.shape != (len(pool), side, side, 3) or not np.array_equal(labels, pool.labels):
+    n, h, w = images.shape[:3]
+    if n != len(pool) or h != w or h > side or not np.array_equal(labels, pool.labels):
         raise RuntimeError(f"training view cache entry {entry} does not match its key; delete it")
     return TrainView(images, sizes[:, :2], sizes[:, 2:], ids_hash)
 
@@ -135,8 +137,9 @@ Decode = Callable[["Image.Image"], tuple[np.ndarray, tuple[int, ...]]]
 def _build(
     pool: Pool, entry: Path, image_size: int, workers: int, decode: Decode | None = None
 ) -> None:
-    """Decode a pool into `entry` in resumable chunks. `decode` (the training views) also
-    returns a row of sizes per image, kept in sizes.npy; the default is CLIP's eval transform."""
+    """Decode a pool into `entry` in resumable chunks: CLIP's eval transform, or `decode`
+    (the training views), which returns an image of at most image_size a side, stored
+    top-left, and a row of sizes kept in sizes.npy; the squares shrink to the largest one."""
     partial = entry.with_name(entry.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     shape = (len(pool), image_size, image_size, 3)
@@ -155,7 +158,8 @@ def _build(
                 if decode is None:
                     images[i] = clip_preprocess(pool.open_image(i), image_size)
                 else:
-                    images[i], row = decode(pool.open_image(i))
+                    pixels, row = decode(pool.open_image(i))
+                    images[i, : pixels.shape[0], : pixels.shape[1]] = pixels
                     sizes[i] = row  # type: ignore[index]
             except OSError as exc:
                 raise RuntimeError(f"cannot decode {pool.ids[i]}: {exc}") from exc
@@ -169,6 +173,8 @@ def _build(
             marks.write(f"{c}\n")
             marks.flush()
     images.flush()
+    if sizes is not None:
+        _shrink(images_path, int(sizes[:, 2:].max(initial=1)))
     np.save(partial / "labels.npy", pool.labels.astype(np.int64))
     (partial / "ids.txt").write_text("\n".join(pool.ids) + "\n")
     done_path.unlink()
@@ -176,6 +182,22 @@ def _build(
     if entry.exists():
         shutil.rmtree(entry)
     partial.rename(entry)
+
+
+def _shrink(images_path: Path, side: int) -> None:
+    """Cut every square of a finished views file down to `side` (its largest stored image)."""
+    images = np.load(images_path, mmap_mode="r")
+    if images.shape[1] <= side:
+        return
+    tmp = images_path.with_name("shrunk.npy")
+    out = np.lib.format.open_memmap(
+        tmp, mode="w+", dtype=np.uint8, shape=(len(images), side, side, 3)
+    )
+    for start in range(0, len(images), CHUNK_IMAGES):
+        out[start : start + CHUNK_IMAGES] = images[start : start + CHUNK_IMAGES, :side, :side]
+    out.flush()
+    del images, out
+    tmp.replace(images_path)
 
 
 def _memmap(path: Path, shape: tuple[int, ...], dtype: type, partial: Path) -> np.memmap:
