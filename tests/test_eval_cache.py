@@ -194,7 +194,8 @@ def _engine_eval_counts(
     monkeypatch.setattr(Evaluator, "evaluate", counted)
     engine.run()
     infos = {n: engine.world.dataset_info(n) for n in engine.setting.eval_datasets}
-    prompts = sum(i.num_classes * len(i.templates) for i in infos.values())
+    # X-TAIL: one prompt per class (the setting's union_classifier), no template averaging
+    prompts = sum(i.num_classes for i in infos.values())
     return per_eval, prompts, len(infos)
 
 

@@ -622,7 +622,7 @@ def test_mtil_stream_end_to_end(world, tmp_path):
 
 def test_xtail_stream_evaluates_in_the_union_of_exactly_the_stream(world, tmp_path):
     from cl_bench.engine.config import RunConfig
-    from cl_bench.engine.evaluator import text_classifier
+    from cl_bench.engine.evaluator import prompt_classifier
     from cl_bench.engine.loop import run, seed_everything
 
     out = run(
@@ -642,9 +642,11 @@ def test_xtail_stream_evaluates_in_the_union_of_exactly_the_stream(world, tmp_pa
     bb = world.backbone(torch.device("cpu"))
     bb.model.eval()
     stream = ["eurosat", "mnist", "dtd"]
-    union = torch.cat(
+    union = torch.cat(  # one prompt per class from each dataset's templates[0] (CoDyRA)
         [
-            text_classifier(bb.model, bb.tokenizer, world.dataset_info(n), torch.device("cpu"))
+            prompt_classifier(
+                bb.model, bb.tokenizer, world.dataset_info(n).prompts(0), torch.device("cpu")
+            )
             for n in stream
         ]
     )

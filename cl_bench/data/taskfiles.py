@@ -221,7 +221,7 @@ def _check_dataset_names(path: Path, raw: dict[str, Any]) -> None:
         unknown = [n for n in names if n not in known]
         if known and unknown:
             raise UserError(
-                f"{path}: unknown dataset(s) {unknown} in {key}; valid: {', '.join(known)} (one file each in {folder})"
+                f"{path}: unknown dataset(s) {unknown} in {key}; valid: {', '.join(known)} (one file each in {folder.relative_to(tasks_dir().parent).as_posix()}/)"
             )
 
 
