@@ -67,7 +67,7 @@ def cache_root() -> Path:
 
 class ToyWorld(DataWorld):
     name = "toy"
-    default_augment = "none"  # --augment auto; measured on toy X-TAIL (docs/toy-world.md)
+    default_augment = "none"  # --augment auto; measured on toy X-TAIL (docs/real-data.md)
 
     def __init__(self, weights_path: Path = WEIGHTS_PATH) -> None:
         self.weights_path = Path(weights_path)
