@@ -132,7 +132,19 @@ def _allowed_types(hint: Any) -> tuple[type, ...]:
 
 
 def _option_value(name: str, value: Any, hint: Any) -> Any:
-    """A keyword value checked against the RunConfig field's type (paths become strings)."""
+    """A keyword value checked against the RunConfig field's type (paths become strings; a
+    repeatable option takes one value or a list; holdout also takes a list, [] for none)."""
+    if typing.get_origin(hint) is list:  # log="wandb" or log=["tensorboard", "wandb"]
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, list | tuple) and all(isinstance(v, str) for v in items):
+            return list(items)
+        raise UserError(
+            f"{name} must be a str or a list of str, got {type(value).__name__} {value!r}"
+        )
+    if name == "holdout" and isinstance(value, list | tuple):
+        if not all(isinstance(v, str) for v in value):
+            raise UserError(f"holdout must be 'none' or dataset names, got {value!r}")
+        return ",".join(value) if value else "none"
     allowed = _allowed_types(hint)
     if isinstance(value, Path) and str in allowed:
         return str(value)
@@ -195,7 +207,8 @@ def run(
     set: learner hyperparameters (`--set KEY=VALUE`; values converted with str()).
     progress: tqdm bars when tqdm is installed.
     options: every other `clbench run` option by its field name (iterations, max_tasks,
-        eval_limit, out, resume, force, device, ...).
+        eval_limit, out, resume, force, device, holdout, log, ...); holdout takes a list of
+        dataset names too ([] or "none": no hold-out set), log one tracker or a list.
     """
     world_obj = None if isinstance(world, str) else world
     world_name = world if isinstance(world, str) else DEFAULT_WORLD

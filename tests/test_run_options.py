@@ -5,6 +5,7 @@ forgotten in one of them."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import subprocess
 import sys
@@ -32,7 +33,13 @@ from cl_bench.sweep.commands import run_args
 
 TOML_ONLY = {"eval_batch_size", "log_every"}  # decided per field: no flag, a --config key
 # Values the config validates, where a made-up one would not do.
-VALID = {"world": "real", "device": "cuda", "precision": "bf16"}
+VALID = {
+    "world": "real",
+    "device": "cuda",
+    "precision": "bf16",
+    "holdout": "imagenet,places365",
+    "log": ["tensorboard", "wandb"],
+}
 
 
 def every_option_set() -> RunConfig:
@@ -132,6 +139,8 @@ def test_config_file_keys_are_the_fields(tmp_path: Path) -> None:
             lines.append(f"{opt.toml_key} = {'true' if value else 'false'}")
         elif isinstance(value, int):
             lines.append(f"{opt.toml_key} = {value}")
+        elif isinstance(value, list):
+            lines.append(f"{opt.toml_key} = {json.dumps(value)}")
         else:
             lines.append(f'{opt.toml_key} = "{value}"')
     path = tmp_path / "c.toml"

@@ -19,7 +19,9 @@ from typing import Any
 
 from cl_bench.errors import UserError
 
-DEVICES = ("cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA when available, else CPU (resolve_device)
+TRACKERS = ("tensorboard", "wandb")  # --log (cl_bench.engine.trackers)
+NO_HOLDOUT = "none"  # --holdout none: no hold-out datasets
 
 # Help groups, in the order `--help` shows them.
 PROTOCOL, LEARNER, RUN, COMPUTE, QUICK, REAL, INTERNAL = (
@@ -68,6 +70,11 @@ class RunConfig:
         None, group=PROTOCOL, help="Override the per-task iteration count."
     )
     batch_size: int | None = option(None, group=PROTOCOL, help="Override the training batch size.")
+    holdout: str | None = option(
+        None,
+        group=PROTOCOL,
+        help="Hold-out datasets: none, or NAME,... (default: the setting's list).",
+    )
     augment: str = option(
         "auto",
         group=PROTOCOL,
@@ -98,7 +105,9 @@ class RunConfig:
         flag="--set",
         help="Learner hyperparameter KEY=VALUE (repeatable; a sweep gives it to every learner).",
     )
-    device: str = option("cpu", group=COMPUTE, help="cpu or cuda.")
+    device: str = option(
+        "auto", group=COMPUTE, help="auto (CUDA when available, else CPU), cpu or cuda."
+    )
     model: str | None = option(
         None, group=REAL, help="Real world: open_clip model name (default ViT-B-16)."
     )
@@ -140,6 +149,11 @@ class RunConfig:
         help="torch CPU threads per run (default: all cores, or cores // --jobs in a sweep "
         "with --jobs > 1; 1 is faster on a busy machine).",
     )
+    log: list[str] = option(
+        default_factory=list,
+        group=RUN,
+        help="Experiment tracker: tensorboard or wandb (repeatable; never changes a result).",
+    )
 
     def validate(self) -> None:
         from cl_bench.data.worlds import WORLDS
@@ -147,6 +161,12 @@ class RunConfig:
         WORLDS.check(self.world)
         if self.device not in DEVICES:
             raise UserError(f"unknown device {self.device!r}; valid devices: {', '.join(DEVICES)}")
+        parse_holdout(self.holdout)
+        for name in self.log:
+            if name not in TRACKERS:
+                raise UserError(f"unknown --log {name!r}; valid trackers: {', '.join(TRACKERS)}")
+        if len(set(self.log)) != len(self.log):
+            raise UserError(f"--log lists a tracker twice ({', '.join(self.log)}); give each once")
         for name in POSITIVE:
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -155,19 +175,95 @@ class RunConfig:
             raise UserError(f"--seed must be >= 0, got {self.seed}")
         from cl_bench.engine.precision import check_precision
 
-        check_precision(self.precision, self.device)
+        # auto is resolved where the run starts (a sweep host may have no GPU; its nodes may)
+        check_precision(self.precision, "cuda" if self.device == "auto" else self.device)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def identity(self) -> dict[str, Any]:
-        """The keys that define the numbers (resume refuses when these differ)."""
-        skip = {"out", "resume", "force", "device", "eval_batch_size", "log_every", "threads"}
-        return {k: v for k, v in self.to_dict().items() if k not in skip}
+    def identity(self, complete: bool = False) -> dict[str, Any]:
+        """The keys that define the numbers (resume refuses when these differ). Fields added
+        after run directories existed are left out at their default (unless `complete`), so
+        those runs keep their config hash (resume, a sweep's skip)."""
+        values = self.to_dict()
+        values["holdout"] = canonical_holdout(self.holdout)
+        defaults = {o.name: o.default for o in run_options()}
+        return {
+            k: v
+            for k, v in values.items()
+            if k not in NOT_IDENTITY
+            and (complete or not (k in OMITTED_AT_DEFAULT and v == defaults[k]))
+        }
 
     def hash(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# Options that change no number of a run: not part of its identity or config hash.
+NOT_IDENTITY = frozenset(
+    {"out", "resume", "force", "device", "eval_batch_size", "log_every", "threads", "log"}
+)
+# Fields added after run directories existed: left out of the identity at their default
+# value, so older runs keep their config hash (RunConfig.identity).
+OMITTED_AT_DEFAULT = frozenset({"holdout"})
+
+
+def identity_diff(old_config: dict[str, Any], new: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """Identity keys whose value differs between a run's stored config (manifest.json's
+    `config`) and `new`: key -> (old, new). A key the stored config lacks had its default
+    (runs made before a RunConfig field existed stay comparable)."""
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    try:
+        old = RunConfig(**{k: v for k, v in old_config.items() if k in names}).identity(True)
+    except (TypeError, UserError):  # a stored value this version cannot read: compare raw
+        old = {k: old_config.get(k) for k in new.identity(True)}
+    return {k: (old.get(k), v) for k, v in new.identity(True).items() if old.get(k) != v}
+
+
+def resolve_device(device: str) -> str:
+    """--device as the run uses it: auto -> cuda when torch sees a CUDA device, else cpu."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def parse_holdout(text: str | None) -> tuple[str, ...] | None:
+    """--holdout: None (the setting's list), () for `none`, or the named datasets (each a
+    dataset file in tasks/datasets/, listed once)."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if [n.lower() for n in names] == [NO_HOLDOUT]:
+        return ()
+    from cl_bench.engine.settings import tasks_dir
+
+    known = sorted(p.stem for p in (tasks_dir() / "datasets").glob("*.toml"))
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        what = f"unknown dataset(s) {', '.join(unknown)}" if unknown else "no dataset"
+        raise UserError(
+            f"--holdout {text!r}: {what}; give none or a comma-separated list of: {', '.join(known)}"
+        )
+    if len(set(names)) != len(names):
+        raise UserError(f"--holdout {text!r} lists a dataset twice; give each once")
+    return tuple(names)
+
+
+def canonical_holdout(text: str | None) -> str | None:
+    """--holdout as compared between runs: None, 'none' or NAME,NAME (order kept)."""
+    names = parse_holdout(text)
+    if names is None:
+        return None
+    return ",".join(names) if names else NO_HOLDOUT
+
+
+def holdout_of(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The hold-out datasets of a run: the setting's `default` unless --holdout names others."""
+    names = parse_holdout(text)
+    return default if names is None else names
 
 
 POSITIVE = (  # integer options that must be > 0 when given
@@ -254,7 +350,19 @@ def parse_sets(values: list[str]) -> dict[str, str]:
 
 def from_cli(name: str, value: Any) -> Any:
     """A parsed CLI value -> the RunConfig field's value (--set items -> overrides)."""
-    return parse_sets(value or []) if name == "overrides" else value
+    if name == "overrides":
+        return parse_sets(value or [])
+    if _is_list(_hint_of(name)):
+        return list(value or [])
+    return value
+
+
+def _hint_of(name: str) -> Any:
+    return typing.get_type_hints(RunConfig)[name]
+
+
+def _is_list(hint: Any) -> bool:
+    return typing.get_origin(hint) is list
 
 
 def config_args(cfg: RunConfig, names: typing.Iterable[str] | None = None) -> list[str]:
@@ -272,6 +380,9 @@ def config_args(cfg: RunConfig, names: typing.Iterable[str] | None = None) -> li
         elif opt.name == "overrides":
             for key in sorted(value):
                 args += [opt.flag, f"{key}={value[key]}"]
+        elif _is_list(opt.type):  # repeatable: --log a --log b
+            for item in value:
+                args += [opt.flag, str(item)]
         elif value is not None:
             args += [opt.flag, str(value)]
     not_cli = [o.name for o in run_options() if not o.cli and getattr(cfg, o.name) != o.default]
@@ -299,7 +410,7 @@ def options_markdown() -> str:
         for o in opts:
             flag = f"`{o.flag}`" if o.cli else "—"
             key = f"`[{o.toml_key}]` table" if o.name == "overrides" else f"`{o.toml_key}`"
-            default = "—" if o.default in (None, {}) else f"`{o.default!r}`"
+            default = "—" if o.default in (None, {}, []) else f"`{o.default!r}`"
             lines.append(f"| {flag} | {key} | {default} | {o.help} |")
         lines.append("")
     return "\n".join(lines)
@@ -331,6 +442,13 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 def _check_type(path: Path, key: str, value: Any, hint: Any) -> None:
     """TOML values arrive typed; a wrong type is an error here, not a crash later."""
+    if _is_list(hint):
+        (item,) = typing.get_args(hint)
+        if isinstance(value, list) and all(isinstance(v, item) for v in value):
+            return
+        raise UserError(
+            f'{path}: {key} must be a list of {item.__name__}, got {value!r}; e.g. {key} = ["a"]'
+        )
     allowed = tuple(a for a in typing.get_args(hint) if a is not type(None)) or (hint,)
     if value is None or (isinstance(value, allowed) and not _is_bool_for_int(value, allowed)):
         return

@@ -37,13 +37,15 @@ from cl_bench.data.augment import Augmentation
 from cl_bench.data.world import DatasetInfo, DataWorld, ImageSet
 from cl_bench.data.worlds import get_world
 from cl_bench.engine import checkpoint as ckpt
-from cl_bench.engine.config import RunConfig
+from cl_bench.engine.config import RunConfig, holdout_of, resolve_device
 from cl_bench.engine.distributed import from_environment
 from cl_bench.engine.evaluator import Evaluator, subsample
+from cl_bench.engine.precision import check_precision
 from cl_bench.engine.progress import NullReporter, Reporter
 from cl_bench.engine.recorder import Manifest, Recorder, now_utc, task_record
 from cl_bench.engine.rundir import RESUME_FIXED_KEYS, RunDirectory, default_run_dir, run_id_of
 from cl_bench.engine.settings import resolve_setting
+from cl_bench.engine.trackers import check_trackers, open_trackers
 from cl_bench.engine.trainer import BatchStream, Trainer
 from cl_bench.errors import UserError
 from cl_bench.models.backbone import Backbone
@@ -93,7 +95,10 @@ class Engine:
         )  # fmt: skip
         if cfg.max_tasks is not None:
             setting = replace(setting, datasets=setting.datasets[: cfg.max_tasks])
+        # --holdout: the run's hold-out list replaces the setting's (none: no hold-out set)
+        setting = replace(setting, holdout=holdout_of(cfg.holdout, setting.holdout))
         self.setting = setting
+        check_trackers(cfg.log)  # a missing extra fails before anything is loaded
         self.learner_cls: type[Learner] = get_learner(cfg.learner)
         self.learner_cfg = build_config(self.learner_cls, cfg.overrides)
         unknown = sorted(set(self.learner_cls.requires) - REQUIREMENTS)
@@ -110,7 +115,9 @@ class Engine:
         )
         self.run_id = run_id_of(cfg, setting, self.learner_cls.name, world_name)
         # torchrun: every rank runs this same engine; rank 0 alone writes (recorder, rundir)
-        self.dist = from_environment(cfg.device)
+        self.device_name = resolve_device(cfg.device)  # auto -> cuda when available, else cpu
+        check_precision(cfg.precision, self.device_name)
+        self.dist = from_environment(self.device_name)
         self.dist.check_batch_size(setting.batch_size)
         if not self.dist.is_main:
             self.reporter = NullReporter()
@@ -124,8 +131,8 @@ class Engine:
             raise UserError("--device cuda but no CUDA device is available; use --device cpu")
         self.device = (
             torch.device("cuda", self.dist.local_rank)
-            if cfg.device == "cuda" and self.dist.enabled
-            else torch.device(cfg.device)
+            if self.device_name == "cuda" and self.dist.enabled
+            else torch.device(self.device_name)
         )
         if cfg.threads is not None:  # shared CPUs: fewer threads than cores can be much faster
             torch.set_num_threads(cfg.threads)
@@ -164,6 +171,15 @@ class Engine:
         self.parts = parts
         learner, ctx, recorder = parts.learner, parts.ctx, parts.recorder
         start = self._resume(parts) if resuming else 0
+        if self.directory.writer and cfg.log:  # only the main rank logs
+            recorder.trackers = open_trackers(
+                cfg.log,
+                self.directory.path,
+                self.run_id,
+                f"{self.world.name}-{setting.name}",
+                purge_step=start * setting.iterations + 1 if start else None,
+                message=self.reporter.message,
+            )
         recorder.start()
         try:
             if not resuming:
@@ -200,7 +216,7 @@ class Engine:
             )
             parts.trainer.train(
                 learner, training, train, parts.backbone.normalize, self.cfg.seed, train_log,
-                on_step=lambda entry: self.reporter.advance(1, entry),
+                on_step=lambda entry: self._on_step(parts, entry),
                 where=self.directory.path, view=view,
             )  # fmt: skip
         learner.end_task(task)
@@ -217,6 +233,10 @@ class Engine:
             time.time() - eval_started,
         )
         parts.recorder.task_done(record, ctx, train_log, learner.state_dict())
+
+    def _on_step(self, parts: RunParts, entry: dict[str, float] | None) -> None:
+        self.reporter.advance(1, entry)
+        parts.recorder.train_scalars(entry)
 
     def _evaluate(self, parts: RunParts, after_task: int, after_name: str) -> None:
         results = parts.evaluator.evaluate(
@@ -241,7 +261,9 @@ class Engine:
         )  # fmt: skip
         manifest = self.new_manifest(backbone, sum(p.numel() for p in backbone_parameters))
         manifest.splits = {n: {"test": s.ids_hash} for n, s in test_sets.items()}
-        recorder = Recorder(self.directory, manifest, self.row_identity(backbone))
+        recorder = Recorder(
+            self.directory, manifest, self.row_identity(backbone), self.setting.iterations
+        )
         return RunParts(
             backbone, backbone_parameters, infos, test_sets, ctx, learner, trainer, evaluator,
             recorder,
@@ -321,7 +343,15 @@ class Engine:
             versions=versions(),
             torch_threads=torch.get_num_threads(),
             distributed=self.dist.describe(),
+            device=self.describe_device(),
         )
+
+    def describe_device(self) -> dict[str, Any]:
+        """The manifest's device: --device as given, what it resolved to, the GPU's name."""
+        out: dict[str, Any] = {"requested": self.cfg.device, "resolved": str(self.device)}
+        if self.device.type == "cuda":
+            out["name"] = torch.cuda.get_device_name(self.device)
+        return out
 
     def row_identity(self, backbone: Backbone) -> dict[str, Any]:
         s = self.setting

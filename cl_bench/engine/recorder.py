@@ -36,6 +36,7 @@ from cl_bench.analysis.results import (
 from cl_bench.api.context import RunContext
 from cl_bench.engine.evaluator import EvalResult
 from cl_bench.engine.rundir import RunDirectory
+from cl_bench.engine.trackers import Trackers
 
 
 def now_utc() -> str:
@@ -70,6 +71,7 @@ class Manifest:
     versions: dict[str, Any]
     torch_threads: int
     distributed: dict[str, Any]
+    device: dict[str, Any]  # requested (--device) and resolved (auto -> cuda or cpu)
     status: str = "running"  # running | finished | failed | interrupted
     started: str = field(default_factory=now_utc)
     load_average_1min: float = field(default_factory=lambda: round(os.getloadavg()[0], 2))
@@ -81,6 +83,7 @@ class Manifest:
     )  # a forced resume may change the config
     derived: dict[str, Any] = field(default_factory=dict)  # values learners noted (ctx.note)
     record_tables: list[str] = field(default_factory=list)  # learner tables (ctx.record)
+    trackers: list[dict[str, Any]] = field(default_factory=list)  # --log: where each writes
     extra_inference_parameters: int | None = None
     wall_time_s: float | None = None
     peak_rss_mb: float | None = None
@@ -98,20 +101,50 @@ class Manifest:
 class Recorder:
     """Rows, tables, the manifest and checkpoints of one run; silent on ranks other than 0."""
 
-    def __init__(self, run_dir: RunDirectory, manifest: Manifest, identity: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        run_dir: RunDirectory,
+        manifest: Manifest,
+        identity: dict[str, Any],
+        iterations: int = 0,
+    ) -> None:
         self.run_dir = run_dir
         self.writes = run_dir.writer
         self.manifest = manifest
         self.identity = identity  # the RUN_COLUMNS of every row
         self.rows: list[dict[str, Any]] = []
         self.started = time.time()
+        # --log: opened by the engine on the main rank once it knows where the run starts
+        self.trackers = Trackers([])
+        self.iterations = iterations  # per task: the trackers' step axis is the global step
 
     def _write_manifest(self) -> None:
         if self.writes:
             write_json(self.manifest.to_json(), self.run_dir.path / MANIFEST_FILE)
 
     def start(self) -> None:
+        self.manifest.trackers = self.trackers.describe()
         self._write_manifest()
+        m = self.manifest
+        self.trackers.log_config(
+            {
+                "run_id": m.run_id,
+                "config_hash": m.config_hash,
+                "config": m.config,
+                "setting": m.setting,
+                "learner": m.learner,
+                "backbone": m.backbone,
+                "device": m.device,
+            }
+        )
+
+    def train_scalars(self, entry: dict[str, Any] | None) -> None:
+        """One synced entry of the train log ({task, step, loss, lr, ...}) to the trackers."""
+        if entry is None:
+            return
+        step = (int(entry["task"]) - 1) * self.iterations + int(entry["step"])
+        scalars = {f"train/{k}": float(v) for k, v in entry.items() if k not in ("task", "step")}
+        self.trackers.log_scalars(step, scalars)
 
     # -- rows ---------------------------------------------------------------------------
     def row(self, r: EvalResult, after_task: int, after_name: str) -> dict[str, Any]:
@@ -138,6 +171,9 @@ class Recorder:
             append_rows(
                 self.run_dir.path / ACCURACY_FILE, rows, "after_task", after_task, ACCURACY_COLUMNS
             )
+        if self.trackers.trackers:
+            matrix = accuracy_matrix(self.rows)
+            self.trackers.log_task(after_task * self.iterations, after_task, matrix)
 
     def _write_domains(
         self,
@@ -193,6 +229,9 @@ class Recorder:
         m.peak_rss_mb = round(peak_rss_mb(), 1)
         m.derived = ctx.derived
         self._write_manifest()
+        steps = (int(accuracy["after_task"].max()) if len(accuracy) else 0) * self.iterations
+        self.trackers.log_summary(steps, summary_scalars(summary))
+        self.trackers.close()
         return accuracy, summary
 
     def failed(self, exc: BaseException, ctx: RunContext) -> None:
@@ -200,6 +239,33 @@ class Recorder:
         self.manifest.error = f"{type(exc).__name__}: {exc}"
         self.manifest.derived = ctx.derived
         self._write_manifest()
+        self.trackers.close(failed=True)
+
+
+SUMMARY_METRICS = ("transfer", "average", "last", "holdout_transfer", "gain", "forgetting")
+
+
+def accuracy_matrix(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Accuracy rows -> rows after_task 0..t, one column per eval dataset (evaluation order)."""
+    frame = pd.DataFrame(rows, columns=ACCURACY_COLUMNS)
+    order = list(dict.fromkeys(frame["eval_dataset"]))
+    wide = frame.pivot_table(
+        index="after_task", columns="eval_dataset", values="accuracy", aggfunc="first"
+    )
+    return wide.reindex(columns=order).sort_index()
+
+
+def summary_scalars(summary: pd.DataFrame) -> dict[str, float]:
+    """summary.parquet as tracker scalars: summary/<metric> (the means) and
+    summary/<metric>/<dataset>; NaN cells (e.g. the first dataset's Transfer) left out."""
+    out: dict[str, float] = {}
+    for row in summary.to_dict("records"):
+        suffix = "" if row["dataset"] == "mean" else f"/{row['dataset']}"
+        for metric in SUMMARY_METRICS:
+            value = row[metric]
+            if value is not None and not pd.isna(value):
+                out[f"summary/{metric}{suffix}"] = float(value)
+    return out
 
 
 def task_record(

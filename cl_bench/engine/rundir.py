@@ -24,7 +24,7 @@ from cl_bench.analysis.results import (
     remove_temp_files,
 )
 from cl_bench.engine import checkpoint as ckpt
-from cl_bench.engine.config import RunConfig
+from cl_bench.engine.config import RunConfig, canonical_holdout, identity_diff
 from cl_bench.engine.settings import Setting
 from cl_bench.errors import UserError
 
@@ -42,7 +42,9 @@ RESUME_FIXED_KEYS = (
     "eval_limit",
     "model",
     "pretrained",
+    "holdout",
 )
+TRACKER_DIRS = ("tb",)  # tracker output a --force run replaces (W&B runs are separate folders)
 
 
 def default_run_dir(cfg: RunConfig, setting: Setting, learner_name: str, world_name: str) -> Path:
@@ -51,6 +53,9 @@ def default_run_dir(cfg: RunConfig, setting: Setting, learner_name: str, world_n
         parts.append(f"order{setting.order}")
     if cfg.shots is not None:
         parts.append(f"{setting.shots or 0}shot" if setting.shots else "fullshot")
+    holdout = canonical_holdout(cfg.holdout)
+    if holdout is not None:  # --holdout given: none -> noholdout, a,b -> holdout_a+b
+        parts.append("noholdout" if holdout == "none" else "holdout_" + holdout.replace(",", "+"))
     return Path("results") / "runs" / "-".join(parts + [learner_name, f"seed{cfg.seed}"])
 
 
@@ -99,10 +104,9 @@ class RunDirectory:
     def check_resume_config(self, saved_hash: str) -> None:
         if saved_hash == self.cfg.hash():
             return
-        old = self.manifest().get("config", {})
-        new = self.cfg.identity()
-        changed = [k for k, v in new.items() if old.get(k) != v]
-        diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed]
+        delta = identity_diff(self.manifest().get("config", {}), self.cfg)
+        changed = list(delta)
+        diff = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in delta.items()]
         # Rows carry these columns: resuming with others would mix two runs in one table.
         fixed = [k for k in changed if k in RESUME_FIXED_KEYS]
         if fixed:
@@ -152,6 +156,8 @@ class RunDirectory:
         for name in names:
             (self.path / name).unlink(missing_ok=True)
         shutil.rmtree(self.path / ckpt.CHECKPOINT_DIR, ignore_errors=True)
+        for folder in TRACKER_DIRS:
+            shutil.rmtree(self.path / folder, ignore_errors=True)
 
     def completed_rows(self, completed_tasks: int) -> list[dict[str, Any]]:
         """accuracy.parquet rows of row 0 .. the checkpoint's task; later rows are re-made."""

@@ -349,9 +349,12 @@ class RayExecutor:
 
 # ------------------------------------------------------------------------------ options
 def check_gpu_request(executor: str, device: str, gpus_per_run: int | None) -> int | None:
-    """GPUs per run on a cluster follow --device: a mismatch would idle GPUs or fail every run."""
+    """GPUs per run on a cluster follow --device: a mismatch would idle GPUs or fail every run.
+    --device auto takes what --gpus-per-run gives (none by default) and resolves on the node."""
     if executor not in ("slurm", "ray"):
         return gpus_per_run  # the executor's option check reports a misplaced --gpus-per-run
+    if device == "auto":
+        return gpus_per_run or 0
     if gpus_per_run is None:
         return 1 if device == "cuda" else 0
     if gpus_per_run > 0 and device != "cuda":

@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Any, ClassVar, Protocol
 
 from cl_bench.analysis.results import MANIFEST_FILE, SUMMARY_FILE, read_manifest
 from cl_bench.api.registry import Registry, available_learners, get_learner
-from cl_bench.engine.config import RunConfig, run_options
+from cl_bench.engine.config import RunConfig, identity_diff
 from cl_bench.errors import RunFailed, UserError
 from cl_bench.sweep.commands import run_args, stop_process, tail
 
@@ -72,13 +72,7 @@ def expand_learners(text: str) -> list[str]:
 def config_diff(old: dict, new: RunConfig) -> list[str]:
     """Identity keys that differ; a key the old run's manifest lacks had its default value
     (runs made before a RunConfig field existed stay comparable)."""
-    defaults = {o.name: o.default for o in run_options()}
-    diff = []
-    for key, value in new.identity().items():
-        before = old.get(key, defaults.get(key))
-        if before != value:
-            diff.append(f"{key}: {before!r} -> {value!r}")
-    return diff
+    return [f"{k}: {a!r} -> {b!r}" for k, (a, b) in identity_diff(old, new).items()]
 
 
 def plan_jobs(base: RunConfig, learners: list[str], seeds: list[int], out: Path) -> list[Job]:
