@@ -81,7 +81,9 @@ class LabelSpace:
     sets) or the union of every stream domain's classes (X-TAIL), `domains` and
     `domain_starts` the blocks that union is made of, `label_offset` where the evaluated
     dataset's labels start. `text_features` is the engine's classifier for the current
-    `eval_model` (normalized, template-averaged, [num_classes, D]).
+    `eval_model` (normalized, template-averaged, [num_classes, D]); `prompts` holds, per
+    class, the prompts its row averages (one per template, or the one union prompt), for a
+    learner that encodes the classifier with its own text encoder (MoE-Adapters' routing).
     """
 
     dataset: str
@@ -90,6 +92,7 @@ class LabelSpace:
     domains: tuple[str, ...]
     domain_starts: tuple[int, ...]
     label_offset: int
+    prompts: tuple[tuple[str, ...], ...] = ()
 
     @property
     def num_classes(self) -> int:

@@ -316,7 +316,10 @@ def evaluate_all(
                     if block_starts is not None
                     else infos[name].classnames
                 )
-                space = LabelSpace(name, names_in_space, classifier, doms, dstarts, offset)
+                space = LabelSpace(
+                    name, names_in_space, classifier, doms, dstarts, offset,
+                    _prompts(infos, stream if block_starts is not None else (name,), union_classifier),
+                )  # fmt: skip
                 c, counts = custom_counts(
                     custom_logits, space, backbone, test_sets[name], batch_size, device,
                     precision, block_starts, on_batch,
@@ -334,6 +337,19 @@ def evaluate_all(
         return results
     finally:
         model.train(was_training)
+
+
+def _prompts(
+    infos: dict[str, DatasetInfo], datasets: tuple[str, ...], union_classifier: str | None
+) -> tuple[tuple[str, ...], ...]:
+    """Per class of `datasets` (concatenated), the prompts `_classifier` averages for it."""
+    if union_classifier is not None:
+        return tuple((p,) for d in datasets for p in infos[d].union_prompts(union_classifier))
+    return tuple(
+        tuple(t.format(c) for t in infos[d].templates)
+        for d in datasets
+        for c in infos[d].classnames
+    )
 
 
 def _classifier(
