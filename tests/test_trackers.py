@@ -73,6 +73,11 @@ def test_tensorboard_events_hold_the_runs_numbers_and_change_none(tiny_run, one_
     for metric in ("transfer", "average", "last"):
         assert scalars(f"summary/{metric}") == pytest.approx({final: mean[metric]}, rel=1e-6)
 
+    first = list((logged / "tb").iterdir())
+    tiny(tiny_run, "finetune", logged, log=["tensorboard"], force=True)  # a --force run anew
+    again = list((logged / "tb").iterdir())
+    assert len(first) == len(again) == 1 and first != again  # the old events went with it
+
 
 # ------------------------------------------------------------------------------ W&B
 def wandb_records(run_folder: Path) -> list:
