@@ -177,3 +177,15 @@ def test_help_and_list_import_no_torch() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_repeatable_options_are_toml_lists(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('log = ["tensorboard", "wandb"]\nholdout = "none"\n')
+    values = load_config_file(path)
+    assert values["log"] == ["tensorboard", "wandb"] and values["holdout"] == "none"
+    path.write_text('log = "wandb"\n')
+    with pytest.raises(UserError, match=r"log must be a list of str, got 'wandb'"):
+        load_config_file(path)
+    assert "| `--log` | `log` | — |" in options_markdown()
+    assert "| `--device` | `device` | `'auto'` |" in options_markdown()
