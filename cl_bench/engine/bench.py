@@ -169,7 +169,10 @@ def _bare_eval(
                 count = torch.zeros((), dtype=torch.long, device=device)
                 for x, y in zip(images[name], labels[name], strict=True):
                     feats = F.normalize(model.encode_image(x).float(), dim=-1)
-                    count += (feats @ classifier.T).argmax(dim=1).eq(y + offset).sum()
+                    # scored in fp32 as the engine scores (outside autocast): under bf16/fp16
+                    # a low-precision score matmul would flip near-ties and the counts differ
+                    with torch.autocast(device.type, enabled=False):
+                        count += (feats @ classifier.T).argmax(dim=1).eq(y + offset).sum()
                 correct[name] = count
         return {n: int(c) for n, c in correct.items()}, plan
     finally:
@@ -321,7 +324,13 @@ def run_bench(
                         counts[kind][n] = counts[kind].get(n, 0) + c
             for kind, (wall, cpu) in sums.items():
                 ev[kind].append((wall, cpu))
-            if counts["engine"] != counts["bare"]:
+            # fp32: the counts must be equal. bf16/fp16: reduced-precision kernels may round a
+            # near-tie differently in the two paths; up to 1 % of the images may move.
+            moved = sum(
+                abs(counts["engine"][n] - counts["bare"].get(n, 0)) for n in counts["engine"]
+            )
+            allowed = 0 if precision == "fp32" else max(1, eval_images // 100)
+            if set(counts["engine"]) != set(counts["bare"]) or moved > allowed:
                 raise RunFailed(
                     f"bench: engine and bare evaluation disagree ({counts['engine']} vs {counts['bare']}); this is a harness bug"
                 )

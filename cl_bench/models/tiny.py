@@ -17,6 +17,7 @@ def random_tiny_clip(
     width: int = 32,
     layers: int = 1,
     context_length: int = 16,
+    patch_size: int = 8,
     device: torch.device | str = "cpu",
 ) -> Backbone:
     """An open_clip `CLIP` with nn.MultiheadAttention blocks, vocab 49408, random weights."""
@@ -27,7 +28,7 @@ def random_tiny_clip(
         layers=layers,
         width=width,
         head_width=16,
-        patch_size=8,
+        patch_size=patch_size,
         image_size=image_size,
         mlp_ratio=2.0,
     )

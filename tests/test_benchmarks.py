@@ -1,0 +1,64 @@
+"""The benchmark scripts run end to end at smoke size and write the JSON they promise.
+
+No speed is asserted (a shared machine cannot promise one); the figures are in
+docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CELL_KEYS = {
+    "train_steps_per_s", "eval_images_per_s", "peak_cuda_mb", "peak_rss_mb",
+    "train_ratio", "eval_ratio",
+}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_gpu_sh_smoke_writes_every_cell(tmp_path):
+    out = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu.sh"), "--smoke", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "PYTHON": sys.executable},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((tmp_path / "gpu-smoke.json").read_text())
+    assert record["smoke"] and record["device"] == "cpu" and record["model"] == "tiny"
+    results = record["results"]
+    assert set(results) == {"drslora", "lora", "finetune", "zscl"}
+    for learner, by_prec in results.items():
+        assert set(by_prec) == {"fp32", "bf16", "fp16"}, learner
+        assert "fp16 needs CUDA" in by_prec["fp16"]["skipped"]
+    cell = results["drslora"]["fp32"]  # measured, every field a positive finite number
+    assert CELL_KEYS <= set(cell)
+    for key in CELL_KEYS - {"peak_cuda_mb"}:
+        assert math.isfinite(cell[key]) and cell[key] > 0, key
+    assert cell["peak_cuda_mb"] is None  # CPU: no CUDA memory to report
+    assert "| drslora | fp32 |" in out.stdout
+
+
+@pytest.mark.slow
+def test_real_pipeline_smoke_compares_both_paths(tmp_path):
+    path = tmp_path / "rp.json"
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "real_pipeline.py"), "--smoke",
+         "--out", str(path), "--tmp", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(path.read_text())
+    e, t = r["eval"], r["train"]
+    assert e["passes"] == 3 and len(e["reference_pass_s"]) == len(e["clbench_pass_s"]) == 3
+    assert e["test_images"] == 2 * 3 * 4 and r["jpeg_files"] == 2 * 3 * (4 + 4)
+    assert 0 < e["clbench_cache_build_s"] <= e["clbench_first_pass_s"]
+    assert e["prediction_disagreements"] <= 2
+    for value in (e["ratio"], e["ratio_first_pass"], e["ratio_later_passes"], t["ratio"]):
+        assert math.isfinite(value) and value > 0
+    assert t["clbench_steps_per_s"] > 0 and t["reference_steps_per_s"] > 0
+    assert not list(tmp_path.glob("clbench-realpipe-*")), "the JPEG folders are removed"
