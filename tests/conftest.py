@@ -109,6 +109,7 @@ def tiny_run(tmp_path: Path) -> TinyRun:
             max_tasks=2,
             eval_limit=12,
             overrides=overrides or {},
+            device="cpu",  # the numbers tests compare were computed on the CPU (--device auto)
         )
         cfg = RunConfig(**(options | config), out=str(out or tmp_path / learner))
         engine = Engine(cfg, world=FakeWorld())

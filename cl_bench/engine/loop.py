@@ -80,6 +80,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _default_config(cls: type) -> dict[str, Any] | None:
+    """A learner Config's defaults as a dict; None when it cannot be built without values."""
+    try:
+        return config_dict(cls())
+    except TypeError:
+        return None
+
+
 class Engine:
     """One run: resolves everything up front (fast errors), then streams the tasks."""
 
@@ -344,7 +352,40 @@ class Engine:
             torch_threads=torch.get_num_threads(),
             distributed=self.dist.describe(),
             device=self.describe_device(),
+            protocol=self.describe_protocol(),
         )
+
+    def describe_protocol(self) -> dict[str, Any]:
+        """Which variant of the protocol this run is, and where it leaves the references.
+
+        A learner's `Config` defaults are its reference code's defaults (docs/fidelity.md),
+        so every field set to another value is listed; so are run options that change what
+        the references do (the union classifier, the augmentation, the budget on the real
+        world, where the toy world's budgets are scaled by PROTOCOL.md §5 on purpose).
+        """
+        s = self.setting
+        differs: dict[str, Any] = {}
+        defaults = _default_config(type(self.learner_cfg))
+        for key, value in config_dict(self.learner_cfg).items():
+            if defaults is not None and key in defaults and defaults[key] != value:
+                differs[f"learner.{key}"] = value
+        if s.task_agnostic and s.union_classifier not in (None, "codyra"):
+            differs["union_classifier"] = s.union_classifier
+        reference_augment = "rrc" if self.world.name == "real" else self.augment.mode
+        if self.augment.mode != reference_augment:
+            differs["augment"] = self.augment.mode
+        if self.world.name == "real" and s.iterations != s.paper_iterations:
+            differs["iterations"] = s.iterations
+        return {
+            "setting": s.name,
+            "setting_version": s.version,
+            "dataset_protocol": s.dataset_protocol,
+            "union_classifier": s.union_classifier,
+            "augment": self.augment.mode,
+            "iterations": s.iterations,
+            "paper_iterations": s.paper_iterations,
+            "differs_from_reference": differs,
+        }
 
     def describe_device(self) -> dict[str, Any]:
         """The manifest's device: --device as given, what it resolved to, the GPU's name."""

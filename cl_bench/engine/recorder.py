@@ -81,6 +81,9 @@ class Manifest:
     resumes: list[dict[str, Any]] = field(
         default_factory=list
     )  # a forced resume may change the config
+    # the protocol variant (setting version, dataset definitions, union classifier,
+    # augmentation, budget) and every option that differs from the reference defaults
+    protocol: dict[str, Any] = field(default_factory=dict)
     derived: dict[str, Any] = field(default_factory=dict)  # values learners noted (ctx.note)
     record_tables: list[str] = field(default_factory=list)  # learner tables (ctx.record)
     trackers: list[dict[str, Any]] = field(default_factory=list)  # --log: where each writes
