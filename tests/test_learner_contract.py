@@ -51,10 +51,12 @@ EXTRA_INFERENCE_PARAMETERS: dict[str, int] = {
     "drslora": 0,
     "finetune": 0,
     "gated_lora": 0,
+    "icarl": 0,  # the exemplar memory is images, not parameters (manifest: icarl.memory_*)
     "individual": 0,
     "joint": 0,
     "lora": 0,
     "lwf": 0,
+    "lwf_vr": 0,
     # RAIL keeps its regression for inference (fake world: D = 32 features, 3 + 4 classes,
     # 8 training images per class). primal: projection 938 x 32 (hidden = 15000 * 32 / 512)
     # + W 938 x 7; dual: the feature memory 56 x 32 + alpha 56 x 7.
@@ -225,7 +227,7 @@ def _assert_loads_to_the_same_model(engine: Engine, state: dict[str, Any], via: 
 def test_the_parametrization_covers_builtins_and_baselines():
     builtins = {"zeroshot", "lora", "drslora", "gated_lora", "resora", "clip_ast"}
     baselines = {"finetune", "lwf", "wiseft", "zscl", "rail_primal", "rail_dual", "joint"}
-    baselines |= {"individual"}
+    baselines |= {"individual", "icarl", "lwf_vr"}
     assert builtins | baselines <= set(LEARNER_NAMES)
 
 
