@@ -56,6 +56,11 @@ EXTRA_INFERENCE_PARAMETERS: dict[str, int] = {
     "joint": 0,
     "lora": 0,
     "lwf": 0,
+    # MoE-Adapters: what one image runs through (fake world: width 32, one block per encoder,
+    # D = 32): per block the top-2 experts (bottleneck round(64 * 32 / 768) = 3:
+    # 32*3+3 + 3*32+32 = 227 each) + one w_gate 32 x 22; plus the DDAS autoencoders
+    # (code round(100 * 32 / 512) = 6: 32*6+6 + 6*32+32 = 422 each), the zero-shot one + 2 tasks.
+    "moe_adapters": 2 * (2 * 227 + 32 * 22) + 3 * 422,
     "lwf_vr": 0,
     # RAIL keeps its regression for inference (fake world: D = 32 features, 3 + 4 classes,
     # 8 training images per class). primal: projection 938 x 32 (hidden = 15000 * 32 / 512)
@@ -71,6 +76,7 @@ EXTRA_INFERENCE_PARAMETERS: dict[str, int] = {
 # Settings that keep a learner's run tiny (it must still run with its defaults otherwise).
 FAST_OVERRIDES: dict[str, dict[str, str]] = {
     "zscl": {"reference_images": "16", "reference_captions": "8"},
+    "moe_adapters": {"reference_images": "16"},
 }
 
 ITERATIONS = 2
