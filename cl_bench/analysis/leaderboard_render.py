@@ -21,9 +21,9 @@ from cl_bench.analysis.tables import GROUP_FIELDS, Board, Cell, Column, Table
 
 NOTE = (
     "Mean ± sample standard deviation (ddof = 1) over seeds; seeds = runs in the row. "
-    "Best and second best are marked per column among learners that train; reference rows "
-    "(no trainable parameters, e.g. zeroshot) are not ranked. Transfer has no value for the "
-    "first dataset of the stream."
+    "Best and second best are marked per column among the continual learners; reference rows "
+    "(zeroshot and the joint / individual upper bounds) are shown beside them, not ranked. "
+    "Transfer has no value for the first dataset of the stream."
 )
 # A table's heading names its group by every identity field but the stream itself (the
 # datasets are the table's columns).
