@@ -234,6 +234,7 @@ def test_the_parametrization_covers_builtins_and_baselines():
     builtins = {"zeroshot", "lora", "drslora", "gated_lora", "resora", "clip_ast"}
     baselines = {"finetune", "lwf", "wiseft", "zscl", "rail_primal", "rail_dual", "joint"}
     baselines |= {"individual", "icarl", "lwf_vr"}
+    baselines |= {"moe_adapters"}
     assert builtins | baselines <= set(LEARNER_NAMES)
 
 
