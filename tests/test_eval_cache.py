@@ -133,7 +133,7 @@ def test_precision_is_part_of_the_key_and_fp16_needs_cuda(setup):
     _eval(backbone, infos, tests, cache, precision="bf16")
     assert counter.reset() == (len(STREAM + HOLDOUT), prompts, images)
     with pytest.raises(UserError, match="fp16 needs --device cuda"):
-        RunConfig(precision="fp16").validate()
+        RunConfig(precision="fp16", device="cpu").validate()  # auto is checked once resolved
     with pytest.raises(UserError, match="unknown precision"):
         RunConfig(precision="fp64").validate()
 

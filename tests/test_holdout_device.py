@@ -232,7 +232,7 @@ def test_auto_on_a_cpu_machine_is_the_cpu_run_recorded_as_asked(
     from cl_bench.engine.loop import Engine
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    auto = tiny_run("finetune", out=tmp_path / "auto", iterations=3)
+    auto = tiny_run("finetune", out=tmp_path / "auto", iterations=3, device="auto")
     cpu = tiny_run("finetune", out=tmp_path / "cpu", iterations=3, device="cpu")
     assert auto.manifest["device"] == {"requested": "auto", "resolved": "cpu"}
     assert cpu.manifest["device"] == {"requested": "cpu", "resolved": "cpu"}

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from cl_bench.analysis.provenance import peak_rss_mb
 from cl_bench.api.learner import Batch, StepInfo, Task
+from cl_bench.data.scoring import prompt_classifier
 from cl_bench.data.world import DataWorld, ImageSet
 from cl_bench.engine.config import RunConfig
 from cl_bench.engine.evaluator import EvalCache, text_classifier
@@ -146,6 +147,7 @@ def _bare_eval(
     device,
     precision,
     plan=None,
+    union_classifier=None,
 ) -> tuple[dict[str, int], list]:
     """Text classifiers once per dataset (unless `plan` holds them from an earlier slice of
     the same evaluation) + a plain forward over pre-normalized test images."""
@@ -155,7 +157,14 @@ def _bare_eval(
         with torch.inference_mode(), autocast(device, precision):
             if plan is None:
                 names = tuple(dict.fromkeys(stream + holdout))
-                clf = {n: text_classifier(model, tokenize, infos[n], device) for n in names}
+                clf = {  # the engine's classifiers: template-averaged, or one prompt per class
+                    n: text_classifier(model, tokenize, infos[n], device)
+                    if union_classifier is None
+                    else prompt_classifier(
+                        model, tokenize, infos[n].union_prompts(union_classifier), device
+                    )
+                    for n in names
+                }
                 plan = []
                 if task_agnostic:
                     union = torch.cat([clf[n] for n in stream])
@@ -307,6 +316,7 @@ def run_bench(
                     "bare": lambda ex=ex, ey=ey, plan=plan: _bare_eval(
                         learn.eval_model(), backbone.tokenizer, infos, s.datasets, holdout,
                         s.task_agnostic, ex, ey, engine.device, precision, plan,
+                        s.union_classifier if s.task_agnostic else None,
                     ),
                 }  # fmt: skip
                 for kind in ("engine", "bare") if (r + i) % 2 == 0 else ("bare", "engine"):

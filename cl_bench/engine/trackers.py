@@ -193,6 +193,9 @@ class WandbTracker:
         self.run.log({**values, "accuracy_matrix": table}, step=step)
 
     def log_summary(self, step: int, summary: dict[str, float]) -> None:
+        # also a history row at the final step: an offline run's summary record is written
+        # asynchronously at finish, the history row is in the log as soon as it is logged
+        self.run.log(finite(summary), step=step)
         self.run.summary.update(finite(summary))
 
     def describe(self) -> dict[str, Any]:
