@@ -238,9 +238,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model.eval()
         gen = torch.Generator().manual_seed(args.seed)
         classifiers = {
-            n: F.normalize(
-                torch.randn(args.classes, backbone.width, generator=gen), dim=-1
-            )
+            n: F.normalize(torch.randn(args.classes, backbone.width, generator=gen), dim=-1)
             for n in folders
         }
         transform = clip_eval_transform(args.image_size, backbone.mean, backbone.std)
