@@ -61,7 +61,7 @@ whole, and herding decides little more than the order of the replay.
 Memory (learner state, in every checkpoint): uint8 images at the backbone's resolution,
 their labels, source indices and task ids; ViT-B/16 at 224 px: 10000 images ≈ 1.5 GB
 (13333 at t = 3 ≈ 2.0 GB), the toy world at 32 px: 10000 ≈ 31 MB. The manifest notes
-``icarl.memory_images`` (per task and in all) and ``icarl.memory_mb``. Plus one frozen
+``icarl.memory_images`` (per task and in all) and ``stored_data`` (`RunContext.note_stored_data`). Plus one frozen
 copy of the zero-shot model (the teacher) for the whole run; its fingerprint is stored and
 checked on resume, as zscl does. Compute per step from task 2 on: an image forward of
 teacher and student on the exemplar batch; per task end: one feature pass over the
@@ -218,9 +218,10 @@ class ICaRL(Finetune):
         )
         per_task = [len(s.labels) for s in self.memory]
         self.ctx.note("icarl.memory_images", {"per_task": per_task, "total": sum(per_task)})
-        self.ctx.note(
-            "icarl.memory_mb",
-            round(sum(s.images.numel() for s in self.memory) / 2**20, 3),
+        self.ctx.note_stored_data(
+            sum(per_task),
+            sum(s.images.numel() * s.images.element_size() for s in self.memory) / 2**20,
+            "exemplar images (herding)",
         )
 
     def next_exemplars(self, device: torch.device) -> torch.Tensor:

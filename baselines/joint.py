@@ -124,7 +124,11 @@ class Joint(Finetune):
         )
         self.starts = np.cumsum([0] + [len(s.labels) for s in self.stored])
         self.stream = UnionStream(int(self.starts[-1]), task.batch_size, self.ctx.seed, task.index)
-        self.ctx.note("joint_stored_images", int(self.starts[-1]))
+        self.ctx.note_stored_data(
+            int(self.starts[-1]),
+            sum(s.images.nbytes for s in self.stored) / 2**20,
+            "training images of every task so far (uint8)",
+        )
 
     def union_batch(self, device: torch.device) -> list[Batch]:
         """The next batch of the union, one `Batch` per dataset present (in task order)."""

@@ -205,7 +205,11 @@ class RAILBase(Learner):
             )
         self.columns[task.name] = (self.num_seen, task.num_classes)
         self.fit(task, task.training_set)
-        self.ctx.note("rail", self.cost())
+        cost = self.cost()
+        self.ctx.note("rail", cost)
+        self.ctx.note_stored_data(
+            cost["stored_features"], cost["stored_features_mb"], "image features (the dual's kernel memory)"
+        )
         self.ctx.record("rail", [{"task": task.name, **self.cost()}])
 
     def fit(self, task: Task, training_set: TrainingSet) -> None:

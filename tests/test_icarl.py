@@ -108,9 +108,9 @@ def test_memory_holds_the_configured_exemplars_per_task_after_three_tasks():
         assert torch.equal(s.images, torch.from_numpy(ts.images[s.source_index.numpy()]))
         assert s.labels.tolist() == ts.labels[s.source_index.numpy()].tolist()
     assert learner.ctx.derived["icarl.memory_images"] == {"per_task": [3, 3, 7], "total": 13}
-    assert learner.ctx.derived["icarl.memory_mb"] == pytest.approx(
-        13 * 16 * 16 * 3 / 2**20, abs=1e-3
-    )
+    stored = learner.ctx.derived["stored_data"]
+    assert stored["items"] == 13
+    assert stored["mb"] == pytest.approx(13 * 16 * 16 * 3 / 2**20, abs=1e-3)
 
 
 def test_only_the_first_candidates_per_task_images_are_candidates():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import io
 import math
 from pathlib import Path
@@ -176,6 +177,29 @@ def test_cost_table_comes_from_manifests(runs: Path) -> None:
     rss = rows[("cost", "alpha", "peak RSS (MB)")]
     assert float(rss["mean"]) == pytest.approx(1010.0) and float(rss["std"]) == pytest.approx(10.0)
     assert float(rows[("cost", "zeroshot", "extra inference params")]["mean"]) == 0
+
+
+def test_cost_table_stored_data_from_the_learners_note(runs: Path) -> None:
+    """`RunContext.note_stored_data` -> derived.stored_data -> "stored data (MB)"; a learner
+    that noted nothing stores nothing (0, not an empty cell)."""
+    from cl_bench.analysis.leaderboard import STORED_DATA_KEY
+    from cl_bench.api.context import STORED_DATA_KEY as API_KEY, RunContext
+
+    assert STORED_DATA_KEY == API_KEY
+    for seed, mb in ((0, 1.5), (1, 2.5), (2, 3.5)):
+        ctx = RunContext.__new__(RunContext)
+        ctx.derived = {}
+        ctx.note_stored_data(10 * seed, mb, "exemplar images")
+        path = runs / f"toy-xtail-alpha-seed{seed}" / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["derived"] = ctx.derived
+        path.write_text(json.dumps(manifest))
+    rows = table_rows(render_leaderboard([runs], fmt="csv")[0])
+    stored = rows[("cost", "alpha", "stored data (MB)")]
+    assert float(stored["mean"]) == pytest.approx(2.5) and float(stored["std"]) == pytest.approx(1.0)
+    assert float(rows[("cost", "beta", "stored data (MB)")]["mean"]) == 0
+    text = render_leaderboard([runs])[0]
+    assert "2.50 ± 1.00" in section_rows(text, "Cost")["alpha"]
 
 
 def section_rows(text: str, title: str) -> dict[str, str]:

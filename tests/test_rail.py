@@ -113,6 +113,7 @@ def test_the_learners_regression_is_the_ridge_solution_on_all_tasks_so_far(tiny_
     )
     derived = engine.manifest["derived"]["rail"]
     assert derived["hidden_dim"] == 938 and derived["classes_seen"] == offset
+    assert engine.manifest["derived"]["stored_data"]["mb"] == 0  # the primal keeps no data
 
 
 def _union_space(engine: Any, text: torch.Tensor) -> LabelSpace:
@@ -222,3 +223,6 @@ def test_the_dual_solves_the_references_kernel_ridge_system(tiny_run):
     )
     derived = engine.manifest["derived"]["rail"]
     assert derived["stored_features"] == len(x) and derived["form"] == "dual"
+    stored = engine.manifest["derived"]["stored_data"]  # the cost table's column
+    assert stored["items"] == len(x)
+    assert stored["mb"] == pytest.approx(x.numel() * x.element_size() / 2**20, abs=1e-3)

@@ -106,7 +106,10 @@ def test_joint_draws_seeded_batches_from_the_union_of_the_tasks_so_far(tiny_run)
                 mixed.add(k)
         if t == 2:  # the batches really mix tasks
             assert len(mixed) > 1
-    assert engine.manifest["derived"]["joint_stored_images"] == sum(sizes)
+    stored = engine.manifest["derived"]["stored_data"]
+    assert stored["items"] == sum(sizes)
+    pixels = sum(s.images.nbytes for s in joint.stored)
+    assert stored["mb"] == pytest.approx(pixels / 2**20, abs=1e-3) and pixels > 0
 
 
 def test_joint_on_its_first_task_is_finetune(tiny_run, tmp_path):

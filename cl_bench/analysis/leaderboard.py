@@ -46,7 +46,18 @@ from cl_bench.analysis.tables import (
 from cl_bench.errors import UserError
 
 METRICS = ("transfer", "average", "last", "gain", "forgetting")
-COST_KEYS = ("trainable", "extra_inference", "train_s", "eval_s", "rss_mb", "cuda_mb")
+COST_KEYS = (
+    "trainable",
+    "extra_inference",
+    "stored_mb",
+    "train_s",
+    "eval_s",
+    "rss_mb",
+    "cuda_mb",
+)
+# the manifest's derived key of `RunContext.note_stored_data` (cl_bench.api.context, a higher
+# layer: this module cannot import it; tests/test_leaderboard checks the two agree)
+STORED_DATA_KEY = "stored_data"
 METRIC_CHOICES = ("transfer", "average", "last", "all")
 METRIC_TITLES = {
     "transfer": "Transfer",
@@ -432,9 +443,12 @@ def run_costs(manifest: dict[str, Any]) -> dict[str, float]:
     cuda = [t["peak_cuda_mb"] for t in tasks if t.get("peak_cuda_mb") is not None]
     reported = [manifest.get("peak_rss_mb")] + [t.get("peak_rss_mb") for t in tasks]
     rss = [v for v in reported if v is not None]
+    stored = (manifest.get("derived") or {}).get(STORED_DATA_KEY) or {}
     return {
         "trainable": float(max((t.get("trainable_parameters") or 0 for t in tasks), default=0)),
         "extra_inference": float(manifest.get("extra_inference_parameters", np.nan)),
+        # a learner that never noted stored data keeps none of the past tasks' data
+        "stored_mb": float(stored.get("mb", 0.0)),
         "train_s": float(sum(t.get("train_time_s") or 0.0 for t in tasks)),
         "eval_s": float(sum(t.get("eval_time_s") or 0.0 for t in tasks)),
         "rss_mb": float(max(rss)) if rss else float("nan"),
@@ -447,6 +461,7 @@ def cost_table(runs: list[RunRecord]) -> Table:
     spec = [
         ("trainable", Column("trainable params (max per task)", "params", None)),
         ("extra_inference", Column("extra inference params", "params", None)),
+        ("stored_mb", Column("stored data (MB)", "mb", None)),
         ("train_s", Column("train time (s)", "seconds", None)),
         ("eval_s", Column("eval time (s)", "seconds", None)),
         ("rss_mb", Column("peak RSS (MB)", "mb", None)),

@@ -38,7 +38,10 @@ def _number(unit: str, value: float) -> str:
         if abs(v) >= 1_000:
             return f"{v / 1e3:.1f}K"
         return str(v)
-    text = f"{value:.0f}" if unit == "mb" else f"{value:.1f}"  # mb | pct, seconds
+    if unit == "mb":  # whole MB, but a small store (toy exemplars: < 10 MB) keeps 2 digits
+        text = f"{value:.0f}" if value == 0 or abs(value) >= 10 else f"{value:.2f}"
+    else:  # pct, seconds
+        text = f"{value:.1f}"
     return text[1:] if text.lstrip("-0.") == "" and text.startswith("-") else text  # no "-0.0"
 
 

@@ -10,6 +10,10 @@ if TYPE_CHECKING:
     import torch
 
 
+# derived-manifest key of `RunContext.note_stored_data` (read by the leaderboard's cost table)
+STORED_DATA_KEY = "stored_data"
+
+
 @dataclass
 class RunContext:
     device: torch.device
@@ -50,6 +54,17 @@ class RunContext:
     def note(self, key: str, value: Any) -> None:
         """Record a derived value (e.g. the scaled LoRA rank) in the run manifest."""
         self.derived[key] = value
+
+    def note_stored_data(self, items: int, megabytes: float, what: str) -> None:
+        """Record what the learner keeps of past tasks' data between tasks (exemplar images,
+        a feature memory): the leaderboard's cost table shows it as "stored data (MB)".
+        Call it whenever the store changes; the last call stands. Learners that never call
+        it store nothing (0 MB)."""
+        self.derived[STORED_DATA_KEY] = {
+            "items": int(items),
+            "mb": round(float(megabytes), 3),
+            "what": what,
+        }
 
     def record(self, table: str, rows: list[dict[str, Any]]) -> None:
         """Append rows to `<table>.parquet` beside accuracy.parquet (e.g. "ranks")."""
