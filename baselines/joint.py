@@ -44,6 +44,7 @@ import torch.distributed as dist
 from cl_bench.api import collectives
 from cl_bench.api.learner import Batch, StepInfo, Task
 from cl_bench.api.registry import register_learner
+from cl_bench.api.sampling import BatchOrder
 from cl_bench.errors import UserError
 
 from .finetune import Finetune
@@ -57,25 +58,6 @@ class StoredSet:
     images: np.ndarray  # uint8 [N, H, W, 3]
     labels: np.ndarray  # int64 [N], the dataset's own label space
     text_tokens: torch.Tensor  # the dataset's training prompts, tokenized (on device)
-
-
-class UnionStream:
-    """Endless batches of indices into the union of `sizes` images; seeded by (seed, task)
-    with the engine's formula, so one stored set gives the engine's own batch order."""
-
-    def __init__(self, total: int, batch_size: int, seed: int, task_index: int) -> None:
-        self.total = total
-        self.batch_size = batch_size
-        self.generator = torch.Generator().manual_seed(seed * 1_000_003 + task_index)
-        self.order = torch.empty(0, dtype=torch.long)
-
-    def next_indices(self) -> np.ndarray:
-        while self.order.numel() < self.batch_size:
-            self.order = torch.cat(
-                [self.order, torch.randperm(self.total, generator=self.generator)]
-            )
-        idx, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
-        return idx.numpy()
 
 
 def shard(indices: np.ndarray) -> np.ndarray:
@@ -105,7 +87,7 @@ class Joint(Finetune):
                 "gathers per-dataset sub-batches of different sizes); use the default task loss"
             )
         self.stored: list[StoredSet] = []
-        self.stream: UnionStream | None = None
+        self.stream: BatchOrder | None = None
         self.starts = np.zeros(1, dtype=np.int64)  # first union index of each stored set
         self.normalize: Any = backbone.normalize
 
@@ -123,7 +105,7 @@ class Joint(Finetune):
             )
         )
         self.starts = np.cumsum([0] + [len(s.labels) for s in self.stored])
-        self.stream = UnionStream(int(self.starts[-1]), task.batch_size, self.ctx.seed, task.index)
+        self.stream = BatchOrder(int(self.starts[-1]), task.batch_size, self.ctx.seed, task.index)
         self.ctx.note_stored_data(
             int(self.starts[-1]),
             sum(s.images.nbytes for s in self.stored) / 2**20,

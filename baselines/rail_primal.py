@@ -208,7 +208,9 @@ class RAILBase(Learner):
         cost = self.cost()
         self.ctx.note("rail", cost)
         self.ctx.note_stored_data(
-            cost["stored_features"], cost["stored_features_mb"], "image features (the dual's kernel memory)"
+            cost["stored_features"],
+            cost["stored_features_mb"],
+            "image features (the dual's kernel memory)",
         )
         self.ctx.record("rail", [{"task": task.name, **self.cost()}])
 

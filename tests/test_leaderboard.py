@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import json
 import io
+import json
 import math
 from pathlib import Path
 
@@ -183,7 +183,8 @@ def test_cost_table_stored_data_from_the_learners_note(runs: Path) -> None:
     """`RunContext.note_stored_data` -> derived.stored_data -> "stored data (MB)"; a learner
     that noted nothing stores nothing (0, not an empty cell)."""
     from cl_bench.analysis.leaderboard import STORED_DATA_KEY
-    from cl_bench.api.context import STORED_DATA_KEY as API_KEY, RunContext
+    from cl_bench.api.context import STORED_DATA_KEY as API_KEY
+    from cl_bench.api.context import RunContext
 
     assert STORED_DATA_KEY == API_KEY
     for seed, mb in ((0, 1.5), (1, 2.5), (2, 3.5)):
@@ -196,7 +197,9 @@ def test_cost_table_stored_data_from_the_learners_note(runs: Path) -> None:
         path.write_text(json.dumps(manifest))
     rows = table_rows(render_leaderboard([runs], fmt="csv")[0])
     stored = rows[("cost", "alpha", "stored data (MB)")]
-    assert float(stored["mean"]) == pytest.approx(2.5) and float(stored["std"]) == pytest.approx(1.0)
+    assert float(stored["mean"]) == pytest.approx(2.5) and float(stored["std"]) == pytest.approx(
+        1.0
+    )
     assert float(rows[("cost", "beta", "stored data (MB)")]["mean"]) == 0
     text = render_leaderboard([runs])[0]
     assert "2.50 ± 1.00" in section_rows(text, "Cost")["alpha"]

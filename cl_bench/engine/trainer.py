@@ -25,6 +25,7 @@ from torch import nn
 
 from cl_bench.api.learner import Batch, Learner, StepInfo, Task, overrides_train_step
 from cl_bench.api.optim import OptimizerConfig, build_optimizer, param_groups
+from cl_bench.api.sampling import BatchOrder
 from cl_bench.data.augment import RandomResizedCrops, TrainView
 from cl_bench.data.world import ImageSet
 from cl_bench.engine.distributed import Distributed
@@ -32,22 +33,12 @@ from cl_bench.engine.precision import autocast
 from cl_bench.errors import RunFailed, UserError
 
 
-class BatchStream:
+class BatchStream(BatchOrder):
     """Endless shuffled batches of one task's training set; seeded by (seed, task)."""
 
     def __init__(self, images: ImageSet, batch_size: int, seed: int, task_index: int) -> None:
+        super().__init__(len(images), batch_size, seed, task_index)
         self.images = images
-        self.batch_size = batch_size
-        self.generator = torch.Generator().manual_seed(seed * 1_000_003 + task_index)
-        self.order = torch.empty(0, dtype=torch.long)
-
-    def next_indices(self) -> np.ndarray:
-        while self.order.numel() < self.batch_size:
-            self.order = torch.cat(
-                [self.order, torch.randperm(len(self.images), generator=self.generator)]
-            )
-        idx, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
-        return idx.numpy()
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
