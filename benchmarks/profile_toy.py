@@ -2,10 +2,9 @@
 
     python benchmarks/profile_toy.py --learner drslora --steps 20 --threads 1
 
-Runs the engine's own paths (`Engine._train`, `Engine._evaluate`) under torch.profiler and
+Runs the engine's own parts (`Engine.prepare`: its trainer and evaluator) under torch.profiler and
 groups CPU time by what it is spent on: matmuls, attention, other tensor ops, the optimizer,
-and Python/engine overhead (wall time not covered by any op). It also times the text side of
-an evaluation (the classifiers) apart from the image side. Prints a markdown table and the
+and Python/engine overhead (wall time not covered by any op). Prints a markdown table and the
 per-phase totals that, scaled by the protocol's counts (10 tasks x iterations, 11
 evaluations), give the cost of a full run.
 """
@@ -20,9 +19,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from cl_bench.api.learner import Task
 from cl_bench.engine.config import RunConfig
-from cl_bench.engine.evaluator import text_classifier
 from cl_bench.engine.loop import Engine, seed_everything
 
 GROUPS = {
@@ -67,52 +64,42 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = RunConfig(
             learner=args.learner, iterations=args.steps, out=f"{tmp}/run", threads=args.threads,
-            precision=args.precision, eval_limit=args.eval_limit,
+            precision=args.precision, eval_limit=args.eval_limit, device="cpu",
         )  # fmt: skip
         engine = Engine(cfg)
-        s = engine.setting
         seed_everything(cfg.seed)
-        backbone = engine.world.backbone(engine.device)
-        engine.backbone = backbone
-        infos = {n: engine.world.dataset_info(n) for n in s.eval_datasets}
-        tests = engine._load_test_sets(backbone)
-        ctx = engine._make_context(backbone)
-        learner = engine.learner_cls(backbone, engine.learner_cfg, ctx)
-        engine.learner = learner
+        parts = engine.prepare()  # the run's own backbone, test sets, learner, trainer, evaluator
+        s, learner = engine.setting, parts.learner
         name = s.datasets[0]
-        train = engine.world.load_split(name, "train", s.shots, s.split_seed, backbone.image_size)
-        prompts = tuple(infos[name].prompts(0))
-        task = Task(0, name, infos[name].classnames, prompts, ctx.tokenize(list(prompts)), args.steps, s.batch_size, len(s.datasets))  # fmt: skip
-
+        train = engine.world.load_split(
+            name, "train", s.shots, s.split_seed, parts.backbone.image_size
+        )
+        task = engine.make_task(0, parts, train)
         learner.begin_task(task)
+        training = parts.trainer.begin(learner, task)
         with profile(activities=[ProfilerActivity.CPU]) as prof_train:
             t0 = time.perf_counter()
-            if learner.trains:
-                engine._train(0, task, learner, backbone, train, [])
+            if training is not None:
+                parts.trainer.train(
+                    learner, training, train, parts.backbone.normalize, cfg.seed, [],
+                    where=engine.directory.path,
+                )  # fmt: skip
             train_s = time.perf_counter() - t0
         learner.end_task(task)
-        model = learner.eval_model()
-        model.eval()
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            for n in s.eval_datasets:
-                text_classifier(model, backbone.tokenizer, infos[n], engine.device)
-        text_s = time.perf_counter() - t0
-        engine.eval_cache.enabled = False
+        parts.trainer.end()
+        parts.evaluator.cache.enabled = False  # every evaluation after a task recomputes
         with profile(activities=[ProfilerActivity.CPU]) as prof_eval:
             t0 = time.perf_counter()
-            engine._evaluate(learner, backbone, infos, tests, 1, name)
+            parts.evaluator.evaluate(learner, "eval")
             eval_s = time.perf_counter() - t0
+        tests = parts.test_sets
 
     images = sum(len(t) for t in tests.values())
     print(f"threads {torch.get_num_threads()}, learner {args.learner}, {args.precision}")
     print(
         f"train: {args.steps} steps in {train_s:.2f} s ({train_s / args.steps * 1e3:.0f} ms/step)"
     )
-    print(
-        f"eval: {images} images in {eval_s:.2f} s ({images / eval_s:.0f} img/s); "
-        f"text classifiers alone {text_s:.2f} s ({text_s / eval_s:.0%} of the evaluation)"
-    )
+    print(f"eval: {images} images in {eval_s:.2f} s ({images / eval_s:.0f} img/s)")
     rows = {
         "train step": _breakdown(prof_train, train_s),
         "evaluation": _breakdown(prof_eval, eval_s),
