@@ -250,13 +250,13 @@ class AutoEncoder(nn.Module):
 
 class InferenceModel(nn.Module):
     """What evaluation holds: the CLIP (encoding as the zero-shot model: the engine's classifier
-    is zeroshot's) and the autoencoders. `parameters()` is what one image runs through."""
+    is zeroshot's) and the autoencoders. What one image runs through is
+    `MoEAdapters.inference_parameters` (the top-k experts), not all this module holds."""
 
     def __init__(self, learner: MoEAdapters) -> None:
         super().__init__()
         self.clip, self.autoencoders = learner.model, learner.autoencoders
         self._routed = learner.stack.routed
-        self._active = learner.active_parameters
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         with self._routed(None):
@@ -269,9 +269,6 @@ class InferenceModel(nn.Module):
     @property
     def logit_scale(self) -> torch.Tensor:
         return as_clip(self.clip).logit_scale
-
-    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
-        return iter(self._active())
 
 
 @register_learner("moe_adapters")
@@ -530,6 +527,9 @@ class MoEAdapters(Learner):
 
     def base_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.model.named_parameters() if not n.startswith("moe_adapters.")]
+
+    def inference_parameters(self) -> int:
+        return sum(p.numel() for p in self.active_parameters())
 
     def active_parameters(self) -> list[nn.Parameter]:
         """The base CLIP + what one image runs through: top_k experts (every expert has the same

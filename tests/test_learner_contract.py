@@ -267,9 +267,9 @@ def test_learner_keeps_the_contract(name, tmp_path, fake_base_model):
         for n, p in learner.model.named_parameters():
             assert torch.equal(p, base[n]), n
 
-    # the eval model's extra inference parameters are what the learner declares
+    # the extra inference parameters are what the learner declares
     base_numel = sum(p.numel() for p in fake_base_model.parameters())
-    extra = sum(p.numel() for p in learner.eval_model().parameters()) - base_numel
+    extra = learner.inference_parameters() - base_numel
     assert extra == EXTRA_INFERENCE_PARAMETERS.get(name, 0), f"{name}: {extra} extra parameters"
     assert outcome.manifest["extra_inference_parameters"] == extra
 

@@ -223,6 +223,12 @@ class Learner:
         """A CLIP-like module (encode_image, encode_text, logit_scale) with current weights."""
         return self.model
 
+    def inference_parameters(self) -> int:
+        """Parameters one test image runs through; the manifest's extra inference parameters
+        are this minus the backbone's. Default: every parameter of `eval_model()`. Override
+        where evaluation runs a subset of what the eval model holds (MoE's top-k experts)."""
+        return sum(p.numel() for p in self.eval_model().parameters())
+
     def eval_logits(self, images: torch.Tensor, space: LabelSpace) -> torch.Tensor:
         """[B, space.num_classes] scores of normalized test images; only called when the
         class sets `custom_eval_logits = True`."""

@@ -195,7 +195,7 @@ class Engine:
             for t in range(start, len(setting.datasets)):
                 self._task(parts, t)
             base = sum(p.numel() for p in parts.backbone_parameters)
-            extra = sum(p.numel() for p in learner.eval_model().parameters()) - base
+            extra = learner.inference_parameters() - base
             accuracy, summary = recorder.finish(extra, ctx)
             return RunOutcome(self.directory.path, accuracy, summary, recorder.manifest.to_json())
         except BaseException as exc:
