@@ -203,6 +203,7 @@ def test_cost_table_stored_data_from_the_learners_note(runs: Path) -> None:
     assert float(rows[("cost", "beta", "stored data (MB)")]["mean"]) == 0
     text = render_leaderboard([runs])[0]
     assert "2.50 ± 1.00" in section_rows(text, "Cost")["alpha"]
+    assert "| 0 " in section_rows(text, "Cost")["beta"]  # nothing stored: a plain 0
 
 
 def section_rows(text: str, title: str) -> dict[str, str]:

@@ -461,7 +461,7 @@ def cost_table(runs: list[RunRecord]) -> Table:
     spec = [
         ("trainable", Column("trainable params (max per task)", "params", None)),
         ("extra_inference", Column("extra inference params", "params", None)),
-        ("stored_mb", Column("stored data (MB)", "mb", None)),
+        ("stored_mb", Column("stored data (MB)", "stored_mb", None)),
         ("train_s", Column("train time (s)", "seconds", None)),
         ("eval_s", Column("eval time (s)", "seconds", None)),
         ("rss_mb", Column("peak RSS (MB)", "mb", None)),

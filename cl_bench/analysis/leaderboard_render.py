@@ -38,16 +38,19 @@ def _number(unit: str, value: float) -> str:
         if abs(v) >= 1_000:
             return f"{v / 1e3:.1f}K"
         return str(v)
-    if unit == "mb":  # whole MB, but a small store (toy exemplars: < 10 MB) keeps 2 digits
-        text = f"{value:.0f}" if value == 0 or abs(value) >= 10 else f"{value:.2f}"
-    else:  # pct, seconds
-        text = f"{value:.1f}"
+    text = f"{value:.0f}" if unit == "mb" else f"{value:.1f}"  # mb | pct, seconds
     return text[1:] if text.lstrip("-0.") == "" and text.startswith("-") else text  # no "-0.0"
 
 
 def cell_text(column: Column, cell: Cell) -> str:
     if cell.n == 0 or math.isnan(cell.mean):
         return "—"
+    if column.unit == "stored_mb":  # a few MB on the toy: 2 decimals below 10 MB
+        digits = 0 if cell.mean == 0 or abs(cell.mean) >= 10 else 2
+        text = f"{cell.mean:.{digits}f}"
+        if cell.n > 1 and cell.std > 0:  # the store is the same for every seed as a rule
+            text += f" ± {cell.std:.{digits}f}"
+        return text
     text = _number(column.unit, cell.mean)
     if column.unit != "params" and cell.n > 1 and not math.isnan(cell.std):
         text += " ± " + _number(column.unit, cell.std)

@@ -35,7 +35,7 @@ class Column:
     """One table column: its header, how to format it, and which direction is better."""
 
     name: str
-    unit: str = "pct"  # pct | params | seconds | mb
+    unit: str = "pct"  # pct | params | seconds | mb | stored_mb
     better: str | None = "high"  # high | low | None (not ranked)
 
 
