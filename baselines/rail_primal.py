@@ -212,7 +212,7 @@ class RAILBase(Learner):
             cost["stored_features_mb"],
             "image features (the dual's kernel memory)",
         )
-        self.ctx.record("rail", [{"task": task.name, **self.cost()}])
+        self.ctx.record("rail", [{"task": task.name, **cost}])
 
     def fit(self, task: Task, training_set: TrainingSet) -> None:
         raise NotImplementedError
