@@ -25,13 +25,14 @@ run() {  # side pair
   local wt="$tmp/$1" out="$tmp/runs/$1-$2"
   local t0 t1
   t0=$(date +%s.%N)
-  PYTHONPATH="$wt" CLBENCH_TASKS_DIR="$wt/tasks" python -m cl_bench.cli run --setting "$setting" \
-    --learner "$learner" --seed 0 --threads "$threads" --device cpu --out "$out" ${EXTRA:-} >/dev/null
+  # from $tmp: `python -m` / `-c` put the working directory first on sys.path
+  (cd "$tmp" && PYTHONPATH="$wt" CLBENCH_TASKS_DIR="$wt/tasks" python -m cl_bench.cli run --setting "$setting" \
+    --learner "$learner" --seed 0 --threads "$threads" --device cpu --out "$out" ${EXTRA:-} >/dev/null)
   t1=$(date +%s.%N)
   echo "$1 $2 $(echo "$t1 - $t0" | bc)" | tee -a "$tmp/times"
 }
 for side in a b; do  # each side must import its own worktree's package, not the installed one
-  got="$(PYTHONPATH="$tmp/$side" python -c 'import cl_bench; print(cl_bench.__file__)')"
+  got="$(cd "$tmp" && PYTHONPATH="$tmp/$side" python -c 'import cl_bench; print(cl_bench.__file__)')"
   case "$got" in "$tmp/$side"/*) ;; *) echo "side $side imports $got, not its worktree" >&2; exit 2;; esac
 done
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
