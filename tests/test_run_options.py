@@ -35,6 +35,7 @@ TOML_ONLY = {"eval_batch_size", "log_every"}  # decided per field: no flag, a --
 # Values the config validates, where a made-up one would not do.
 VALID = {
     "world": "real",
+    "toy_model": "base",
     "device": "cuda",
     "precision": "bf16",
     "holdout": "imagenet,places365",

@@ -163,15 +163,50 @@ def load_setting_file(name: str) -> dict[str, Any]:
     if ("datasets" in raw) == ("orders" in raw):
         raise UserError(f"{path}: give exactly one of 'datasets' or '[orders]'")
     for world in ("real", "toy"):
-        bad = set(raw.get(world, {})) - WORLD_KEYS
+        section = raw.get(world, {})
+        # [toy.base]: what a non-default toy CLIP changes (its own calibrated lr, ...)
+        variants = toy_variants() if world == "toy" else set()
+        bad = set(section) - WORLD_KEYS - variants
         if bad:
-            raise UserError(
-                f"{path}: unknown keys {sorted(bad)} in [{world}]; valid: {sorted(WORLD_KEYS)}"
+            keys = sorted(WORLD_KEYS) + [f"[toy.{v}]" for v in sorted(variants)]
+            raise UserError(f"{path}: unknown keys {sorted(bad)} in [{world}]; valid: {keys}")
+        for variant in variants & set(section):
+            bad = (
+                set(section[variant]) - WORLD_KEYS
+                if isinstance(section[variant], dict)
+                else {variant}
             )
+            if bad:
+                raise UserError(
+                    f"{path}: unknown keys {sorted(bad)} in [toy.{variant}]; valid: {sorted(WORLD_KEYS)}"
+                )
     _check_protocol_keys(path, raw)
     _check_dataset_names(path, raw)
     raw["_path"] = str(path)
     return raw
+
+
+def toy_variants() -> set[str]:
+    """The toy CLIP sizes a setting may give a [toy.<size>] section (every one but the default)."""
+    from cl_bench.data.toy.model import DEFAULT_TOY_MODEL, TOY_MODELS
+
+    return set(TOY_MODELS) - {DEFAULT_TOY_MODEL}
+
+
+def world_section(raw: dict[str, Any], world: str, toy_model: str | None) -> dict[str, Any]:
+    """The setting's values for one world; a non-default toy CLIP's [toy.<size>] replaces
+    the [toy] keys it names, and must name full_finetune_lr (calibrated per model, §5)."""
+    from cl_bench.data.toy.model import DEFAULT_TOY_MODEL
+
+    section = {k: v for k, v in raw.get(world, {}).items() if not isinstance(v, dict)}
+    if world != "toy" or toy_model in (None, DEFAULT_TOY_MODEL):
+        return section
+    variant = raw.get("toy", {}).get(toy_model)
+    if not isinstance(variant, dict) or "full_finetune_lr" not in variant:
+        raise UserError(
+            f"{raw['_path']}: [toy.{toy_model}] needs full_finetune_lr (the --toy-model {toy_model} CLIP's own calibration; docs/toy-world.md)"
+        )
+    return {**section, **variant}
 
 
 def protocol_datasets_dir(protocol: str) -> Path:
@@ -233,9 +268,10 @@ def resolve_setting(
     iterations: int | None = None,
     batch_size: int | None = None,
     union_classifier: str | None = None,
+    toy_model: str | None = None,
 ) -> Setting:
     raw = load_setting_file(name)
-    per_world = raw.get(world, {})
+    per_world = world_section(raw, world, toy_model)
     if "orders" in raw:
         orders = raw["orders"]
         order = order or next(iter(orders))

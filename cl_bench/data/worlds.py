@@ -64,6 +64,9 @@ def world_class(name: str) -> type[DataWorld]:
 def get_world(cfg: WorldOptions | Any) -> DataWorld:
     cls = world_class(cfg.world)
     options = {k: getattr(cfg, k) for k in REAL_WORLD_OPTIONS}
+    toy_model = getattr(cfg, "toy_model", "small")
+    if cfg.world != "toy" and toy_model != "small":
+        raise UserError(f"--toy-model applies to --world toy only; drop it for --world {cfg.world}")
     if cfg.world == "real":
         return cls(**options)
     given = [f"--{k.replace('_', '-')}" for k, v in options.items() if v]
@@ -72,4 +75,6 @@ def get_world(cfg: WorldOptions | Any) -> DataWorld:
             f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --world real only; "
             "the toy world ships its own CLIP and data"
         )
+    if cfg.world == "toy":
+        return cls(model=toy_model)  # type: ignore[call-arg]
     return cls()

@@ -62,6 +62,12 @@ class RunConfig:
         "zeroshot", group=LEARNER, help="Learner name, package.module:Class or file.py:Class."
     )
     world: str = option("toy", group=PROTOCOL, help="Data world: toy (embedded, default) or real.")
+    toy_model: str = option(
+        "small",
+        group=PROTOCOL,
+        help="Toy world: the toy CLIP, small (shipped, default) or base (4x the step FLOPs; "
+        "`clbench toy pretrain --model base` writes its weights to the cache).",
+    )
     order: str | None = option(None, group=PROTOCOL, help="Task order (MTIL: I or II).")
     shots: int | None = option(
         None, group=PROTOCOL, help="Images per class for training (0 = all)."
@@ -159,6 +165,12 @@ class RunConfig:
         from cl_bench.data.worlds import WORLDS
 
         WORLDS.check(self.world)
+        from cl_bench.data.toy.model import TOY_MODELS
+
+        if self.toy_model not in TOY_MODELS:
+            raise UserError(
+                f"unknown --toy-model {self.toy_model!r}; valid: {', '.join(TOY_MODELS)}"
+            )
         if self.device not in DEVICES:
             raise UserError(f"unknown device {self.device!r}; valid devices: {', '.join(DEVICES)}")
         parse_holdout(self.holdout)

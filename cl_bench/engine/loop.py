@@ -99,7 +99,7 @@ class Engine:
         self.reporter: Reporter = reporter or NullReporter()
         setting = resolve_setting(
             cfg.setting, cfg.world, cfg.order, cfg.shots, cfg.iterations, cfg.batch_size,
-            cfg.union_classifier,
+            cfg.union_classifier, cfg.toy_model,
         )  # fmt: skip
         if cfg.max_tasks is not None:
             setting = replace(setting, datasets=setting.datasets[: cfg.max_tasks])

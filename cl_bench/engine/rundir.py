@@ -35,6 +35,7 @@ RESUME_FIXED_KEYS = (
     "setting",
     "learner",
     "world",
+    "toy_model",
     "order",
     "shots",
     "seed",
@@ -48,7 +49,13 @@ TRACKER_DIRS = ("tb",)  # tracker output a --force run replaces (W&B runs are se
 
 
 def default_run_dir(cfg: RunConfig, setting: Setting, learner_name: str, world_name: str) -> Path:
-    parts = [world_name, setting.name]
+    # a non-default toy CLIP names itself after the world: toy-base-xtail-lora-seed0
+    toy_model = getattr(cfg, "toy_model", "small")
+    parts = (
+        [world_name, setting.name]
+        if toy_model == "small"
+        else [world_name, toy_model, setting.name]
+    )
     if cfg.order not in (None, "I"):
         parts.append(f"order{setting.order}")
     if cfg.shots is not None:

@@ -82,8 +82,9 @@ def plan_jobs(base: RunConfig, learners: list[str], seeds: list[int], out: Path)
     from cl_bench.engine.settings import resolve_setting
 
     setting = resolve_setting(
-        base.setting, base.world, base.order, base.shots, base.iterations, base.batch_size
-    )
+        base.setting, base.world, base.order, base.shots, base.iterations, base.batch_size,
+        toy_model=base.toy_model,
+    )  # fmt: skip
     jobs: list[Job] = []
     conflicts: list[str] = []
     for learner in learners:

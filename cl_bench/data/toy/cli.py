@@ -25,15 +25,21 @@ def pretrain(
     threads: Annotated[
         int, typer.Option(help="torch CPU threads (1 is fastest on a busy machine).")
     ] = 1,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Toy CLIP size: small (shipped, the default) or base (4x the step FLOPs; its weights go to the cache)."
+        ),
+    ] = "small",
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Weights file (default: the shipped cl_bench/data/toy/weights/toy_clip.safetensors)."
+            help="Weights file (default: the model's own: the shipped cl_bench/data/toy/weights/toy_clip.safetensors for small, $CLBENCH_CACHE/toy/models/ for base)."
         ),
     ] = None,
 ) -> None:
     """Contrastive pre-training of the toy CLIP (deterministic by seed); writes weights + record."""
-    from cl_bench.data.toy.model import WEIGHTS_PATH
+    from cl_bench.data.toy.model import toy_model
     from cl_bench.data.toy.pretrain import PretrainConfig
     from cl_bench.data.toy.pretrain import pretrain as run_pretrain
     from cl_bench.errors import UserError
@@ -43,8 +49,11 @@ def pretrain(
             raise UserError(f"{flag} must be a positive integer, got {value}")
     if lr <= 0:
         raise UserError(f"--lr must be positive, got {lr}")
-    cfg = PretrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
-    record = run_pretrain(cfg, out or WEIGHTS_PATH, log=typer.echo)
+    spec = toy_model(model)
+    cfg = PretrainConfig(
+        steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads, model=spec.key
+    )
+    record = run_pretrain(cfg, out or spec.weights_path, log=typer.echo)
     own = record["zeroshot_accuracy"]["own"]
     union = record["zeroshot_accuracy"]["xtail_union"]
     for name, acc in own.items():

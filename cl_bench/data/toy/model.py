@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,35 +31,90 @@ IMAGE_SIZE_PX = 32
 # The renderer's colours live in [0, 1] around mid-grey; one fixed normalisation for all domains.
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
+DEFAULT_TOY_MODEL = "small"
 
 
-def register_config() -> None:
-    """Make `toy-clip` known to open_clip's factory (idempotent)."""
+@dataclass(frozen=True)
+class ToyModel:
+    """One toy CLIP size (`--toy-model`): its open_clip config and where its weights live.
+
+    `small` ships with the package (the default; every test and committed toy leaderboard uses
+    it). Larger sizes exist to test what the toy's conclusions owe to its size (issue 25); their
+    weights are too big for the repository, so `clbench toy pretrain --model M` writes them to
+    the cache, from the same recipe.
+    """
+
+    key: str
+    config_name: str  # the open_clip model name, = the config file's stem
+    shipped: bool  # weights inside the package (else in $CLBENCH_CACHE/toy/models/)
+    about: str
+
+    @property
+    def config_path(self) -> Path:
+        return Path(__file__).resolve().parent / f"{self.config_name}.json"
+
+    @property
+    def weights_path(self) -> Path:
+        if self.shipped:
+            return WEIGHTS_PATH
+        return toy_cache_root() / "models" / f"{self.config_name.replace('-', '_')}.safetensors"
+
+
+TOY_MODELS = {
+    "small": ToyModel("small", MODEL_NAME, True, "width 128, 4 + 3 layers, 7.8 M parameters"),
+    "base": ToyModel(
+        "base",
+        "toy-clip-base",
+        False,
+        "width 256, 4 + 3 layers, 18.4 M parameters, 4.0x the step FLOPs",
+    ),
+}
+
+
+def toy_model(key: str) -> ToyModel:
+    if key not in TOY_MODELS:
+        raise UserError(f"unknown toy model {key!r}; valid: {', '.join(TOY_MODELS)}")
+    return TOY_MODELS[key]
+
+
+def toy_cache_root() -> Path:
+    """$CLBENCH_CACHE/toy, else the platform's user cache dir for cl-bench, /toy."""
+    env = os.environ.get("CLBENCH_CACHE")
+    if env:
+        return Path(env) / "toy"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("cl-bench")) / "toy"
+
+
+def register_config(spec: ToyModel = TOY_MODELS[DEFAULT_TOY_MODEL]) -> None:
+    """Make a toy config known to open_clip's factory (idempotent)."""
     import open_clip
 
-    if MODEL_NAME not in open_clip.list_models():
-        open_clip.add_model_config(CONFIG_PATH)
+    if spec.config_name not in open_clip.list_models():
+        open_clip.add_model_config(spec.config_path)
 
 
-def create_toy_clip() -> nn.Module:
+def create_toy_clip(spec: ToyModel = TOY_MODELS[DEFAULT_TOY_MODEL]) -> nn.Module:
     """A randomly initialised toy CLIP (pre-training starts here)."""
     import open_clip
 
-    register_config()
+    register_config(spec)
     # open_clip warns "initialized randomly" here; misleading, since the toy weights load next.
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        return open_clip.create_model(MODEL_NAME, pretrained=None)
+        return open_clip.create_model(spec.config_name, pretrained=None)
     finally:
         logging.disable(previous)
 
 
-def toy_tokenizer():
+def toy_tokenizer(spec: ToyModel = TOY_MODELS[DEFAULT_TOY_MODEL]):
+    """open_clip's BPE tokenizer at the config's context length (the same for every size)."""
     import open_clip
 
-    register_config()
-    return open_clip.get_tokenizer(MODEL_NAME)
+    register_config(spec)
+    return open_clip.get_tokenizer(spec.config_name)
 
 
 def weights_sha256(path: Path = WEIGHTS_PATH) -> str:
@@ -68,8 +125,12 @@ def weights_sha256(path: Path = WEIGHTS_PATH) -> str:
     return h.hexdigest()
 
 
-def missing_weights_message(path: Path = WEIGHTS_PATH) -> str:
-    return f"toy CLIP weights not found at {path}; re-create them with `clbench toy pretrain`"
+def missing_weights_message(
+    path: Path = WEIGHTS_PATH, spec: ToyModel = TOY_MODELS[DEFAULT_TOY_MODEL]
+) -> str:
+    flag = "" if spec.key == DEFAULT_TOY_MODEL else f" --model {spec.key}"
+    what = "re-create them" if spec.shipped else "create them (same recipe; see docs/toy-world.md)"
+    return f"toy CLIP weights ({spec.key}) not found at {path}; {what} with `clbench toy pretrain{flag}`"
 
 
 def read_record(path: Path = RECORD_PATH) -> dict:
@@ -81,30 +142,35 @@ def read_record(path: Path = RECORD_PATH) -> dict:
     return json.loads(path.read_text())
 
 
-def load_toy_backbone(device: torch.device, path: Path = WEIGHTS_PATH) -> Backbone:
+def load_toy_backbone(
+    device: torch.device,
+    path: Path = WEIGHTS_PATH,
+    spec: ToyModel = TOY_MODELS[DEFAULT_TOY_MODEL],
+) -> Backbone:
     """The shipped (or a given) toy CLIP as a Backbone, float32, on `device`, in eval mode."""
     from safetensors.torch import load_file
 
     from cl_bench.models.backbone import Backbone
 
     if not path.is_file():
-        raise UserError(missing_weights_message(path))
-    model = create_toy_clip()
+        raise UserError(missing_weights_message(path, spec))
+    model = create_toy_clip(spec)
     state = {k: v.float() for k, v in load_file(str(path)).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "attn_mask"]
     if missing or unexpected:
         raise UserError(
-            f"{path} does not match the toy-clip config (missing {missing[:3]}, unexpected {unexpected[:3]}); re-create it with `clbench toy pretrain`"
+            f"{path} does not match the {spec.config_name} config (missing {missing[:3]}, unexpected {unexpected[:3]}); re-create it with `clbench toy pretrain"
+            + ("`" if spec.key == DEFAULT_TOY_MODEL else f" --model {spec.key}`")
         )
     model.to(device).eval()
     return Backbone(
         model=model,
-        tokenizer=toy_tokenizer(),
+        tokenizer=toy_tokenizer(spec),
         image_size=IMAGE_SIZE_PX,
         mean=MEAN,
         std=STD,
-        name=MODEL_NAME,
+        name=spec.config_name,
         pretrained=f"toy-{weights_sha256(path)[:12]}",
     )
 

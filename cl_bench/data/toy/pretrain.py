@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,7 +22,10 @@ from cl_bench.data.toy.distribution import (
     GENERATOR_VERSION,
     PretrainDistribution,
 )
-from cl_bench.data.toy.model import IMAGE_SIZE_PX, MEAN, MODEL_NAME, STD, WEIGHTS_PATH
+from cl_bench.data.toy.model import DEFAULT_TOY_MODEL, IMAGE_SIZE_PX, MEAN, STD, toy_model
+
+if TYPE_CHECKING:
+    from cl_bench.data.toy.model import ToyModel
 
 SUBSET_TEST_IMAGES = 96  # per domain: what the test suite re-checks quickly
 
@@ -39,6 +42,7 @@ class PretrainConfig:
     seed: int = 0
     threads: int = 1
     init_logit_scale: float = 50.0  # start sharper than open_clip's 1/0.07 (see docs/toy-world.md)
+    model: str = DEFAULT_TOY_MODEL  # which toy CLIP size (TOY_MODELS); the recipe is the same
 
 
 def domain_style_fraction(step: int, cfg: PretrainConfig) -> float:
@@ -65,7 +69,7 @@ def concept_contrastive_loss(logits, concept_ids):
 
 
 def pretrain(
-    cfg: PretrainConfig, out: Path = WEIGHTS_PATH, log: Callable[[str], None] = print
+    cfg: PretrainConfig, out: Path | None = None, log: Callable[[str], None] = print
 ) -> dict:
     """Train from scratch, evaluate zero-shot, write fp16 safetensors + the JSON record."""
     import torch
@@ -78,14 +82,16 @@ def pretrain(
         toy_tokenizer,
     )
 
+    spec = toy_model(cfg.model)
+    out = spec.weights_path if out is None else out
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, 1234])
-    model: Any = create_toy_clip()  # an open_clip CLIP: attributes nn.Module cannot type
+    model: Any = create_toy_clip(spec)  # an open_clip CLIP: attributes nn.Module cannot type
     with torch.no_grad():
         model.logit_scale.fill_(math.log(cfg.init_logit_scale))
     model.train()
-    tokenizer = toy_tokenizer()
+    tokenizer = toy_tokenizer(spec)
     dist = PretrainDistribution(IMAGE_SIZE_PX)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n]
@@ -129,24 +135,27 @@ def pretrain(
             )
     train_s = time.time() - start
     record = {
-        "model": MODEL_NAME,
+        "model": spec.config_name,
+        "toy_model": spec.key,
         "generator_version": GENERATOR_VERSION,
-        "command": f"clbench toy pretrain --steps {cfg.steps} --batch-size {cfg.batch_size} --lr {cfg.lr} --seed {cfg.seed}",
+        "command": f"clbench toy pretrain --model {spec.key} --steps {cfg.steps} --batch-size {cfg.batch_size} --lr {cfg.lr} --seed {cfg.seed}",
         "config": asdict(cfg),
         "train_seconds": round(train_s, 1),
         "torch": torch.__version__,
     }
     save_weights(model, out, record)
     # The recorded accuracies are those of the saved (fp16) file, reloaded as every run loads it.
-    shipped = load_toy_backbone(torch.device("cpu"), out).model
-    record["zeroshot_accuracy"] = zero_shot_accuracies(shipped)
-    record["zeroshot_accuracy_subset"] = zero_shot_accuracies(shipped, SUBSET_TEST_IMAGES)
+    shipped = load_toy_backbone(torch.device("cpu"), out, spec).model
+    record["zeroshot_accuracy"] = zero_shot_accuracies(shipped, spec=spec)
+    record["zeroshot_accuracy_subset"] = zero_shot_accuracies(shipped, SUBSET_TEST_IMAGES, spec)
     record["weights_sha256"] = save_weights(model, out, record)
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) after {train_s:.0f}s of training")
     return record
 
 
-def zero_shot_accuracies(model, test_images_per_domain: int | None = None) -> dict[str, Any]:
+def zero_shot_accuracies(
+    model, test_images_per_domain: int | None = None, spec: ToyModel | None = None
+) -> dict[str, Any]:
     """Zero-shot top-1 (%) per domain: own label space, and the X-TAIL union space.
 
     `test_images_per_domain` evaluates a prefix of each test split (balanced: labels are
@@ -169,7 +178,10 @@ def zero_shot_accuracies(model, test_images_per_domain: int | None = None) -> di
         s = world.load_split(n, "test", None, 0, IMAGE_SIZE_PX)
         k = len(s) if test_images_per_domain is None else min(len(s), test_images_per_domain)
         tests[n] = ImageSet(np.asarray(s.images[:k]), np.asarray(s.labels[:k]), s.ids_hash)
-    bb = Backbone(model, toy_tokenizer(), IMAGE_SIZE_PX, MEAN, STD, MODEL_NAME, "pretraining")
+    spec = spec or toy_model(DEFAULT_TOY_MODEL)
+    bb = Backbone(
+        model, toy_tokenizer(spec), IMAGE_SIZE_PX, MEAN, STD, spec.config_name, "pretraining"
+    )
     device = torch.device("cpu")
     xtail = tuple(load_setting_file("xtail")["datasets"])
     # what the engine's evaluation computes (fp32, no cache): one text classifier per domain,

@@ -26,10 +26,12 @@ from cl_bench.data.toy.distribution import (
 )
 from cl_bench.data.toy.domains import DomainSpec, build_domains
 from cl_bench.data.toy.model import (
+    DEFAULT_TOY_MODEL,
     IMAGE_SIZE_PX,
-    WEIGHTS_PATH,
     load_toy_backbone,
     missing_weights_message,
+    toy_cache_root,
+    toy_model,
     weights_sha256,
 )
 from cl_bench.data.toy.render import make_class_bank, render
@@ -55,22 +57,13 @@ def test_images_per_class(num_classes: int) -> int:
     return max(8, math.ceil(640 / num_classes))
 
 
-def cache_root() -> Path:
-    """$CLBENCH_CACHE, else the platform's user cache dir for cl-bench."""
-    env = os.environ.get("CLBENCH_CACHE")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("cl-bench"))
-
-
 class ToyWorld(DataWorld):
     name = "toy"
     default_augment = "none"  # --augment auto; measured on toy X-TAIL (docs/real-data.md)
 
-    def __init__(self, weights_path: Path = WEIGHTS_PATH) -> None:
-        self.weights_path = Path(weights_path)
+    def __init__(self, weights_path: Path | None = None, model: str = DEFAULT_TOY_MODEL) -> None:
+        self.model = toy_model(model)
+        self.weights_path = Path(weights_path) if weights_path else self.model.weights_path
 
     @cached_property
     def _specs(self) -> dict[str, DomainSpec]:
@@ -114,7 +107,7 @@ class ToyWorld(DataWorld):
         return images, labels
 
     def _cached(self, name: str, split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-        folder = cache_root() / "toy" / f"v{GENERATOR_VERSION}"
+        folder = toy_cache_root() / f"v{GENERATOR_VERSION}"
         img_path = folder / f"{name}-{split}-{image_size}px-images.npy"
         lab_path = folder / f"{name}-{split}-{image_size}px-labels.npy"
         if img_path.is_file() and lab_path.is_file():
@@ -156,12 +149,12 @@ class ToyWorld(DataWorld):
         return whole_image_view(split.images, split.ids_hash)
 
     def backbone(self, device: torch.device) -> Backbone:
-        return load_toy_backbone(device, self.weights_path)
+        return load_toy_backbone(device, self.weights_path, self.model)
 
     def check(self, dataset_names: list[str]) -> list[str]:
         problems = [f"unknown toy dataset {n!r}" for n in dataset_names if n not in self._specs]
         if not self.weights_path.is_file():
-            problems.append(missing_weights_message(self.weights_path))
+            problems.append(missing_weights_message(self.weights_path, self.model))
         return problems
 
     def reference_data(
@@ -187,6 +180,8 @@ class ToyWorld(DataWorld):
             "generator_version": GENERATOR_VERSION,
             "generator_seed": GENERATOR_SEED,
             "native_image_size_px": IMAGE_SIZE_PX,
+            "toy_model": self.model.key,
+            "model_config": self.model.config_name,
             "weights_file": str(self.weights_path.name),
             "weights_sha256": sha,
         }
