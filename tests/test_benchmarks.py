@@ -62,3 +62,27 @@ def test_real_pipeline_smoke_compares_both_paths(tmp_path):
         assert math.isfinite(value) and value > 0
     assert t["clbench_steps_per_s"] > 0 and t["reference_steps_per_s"] > 0
     assert not list(tmp_path.glob("clbench-realpipe-*")), "the JPEG folders are removed"
+
+
+def test_budget_table_aggregates_seeds_per_model_learner_and_budget():
+    """Mean ± std (ddof 1) over the committed 3-seed lora runs, against summary.parquet."""
+    import statistics
+
+    from cl_bench.analysis.results import read_parquet
+
+    runs = [REPO / f"results/toy/xtail/runs/toy-xtail-lora-seed{s}" for s in (0, 1, 2)]
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "budget_table.py"), *map(str, runs), runs[0]],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| small |")]
+    assert len(rows) == 1  # one (model, learner, iterations) group
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[:4] == ["small", "lora", "80", "4"]
+    last = []
+    for run in [*runs, runs[0]]:
+        summary = read_parquet(run / "summary.parquet")
+        last.append(float(summary[summary["dataset"] == "mean"].iloc[0]["last"]))
+    assert cells[5] == f"{statistics.mean(last):.1f} ± {statistics.stdev(last):.1f}"
+    assert cells[8] == "—"  # lora has no rank selection
