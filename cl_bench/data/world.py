@@ -8,8 +8,10 @@ use, and which reference data distillation learners may draw on.
 from __future__ import annotations
 
 import hashlib
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -29,6 +31,17 @@ UNION_CLASSIFIERS = {
     "codyra": "each dataset's templates[0], class names verbatim (CoDyRA main.py evaluation)",
     "rail": "'a photo of a {}.' for every dataset, '_' -> ' ' (RAIL utils.clip_classifier)",
 }
+
+
+def cache_root() -> Path:
+    """Where every world keeps what it decodes or generates: $CLBENCH_CACHE, else the
+    platform's user cache dir for cl-bench."""
+    env = os.environ.get("CLBENCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("cl-bench"))
 
 
 @dataclass(frozen=True)

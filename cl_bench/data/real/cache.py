@@ -33,16 +33,6 @@ CHUNK_IMAGES = 512
 COMPLETE = "complete"
 
 
-def default_cache_root() -> Path:
-    """$CLBENCH_CACHE, else the platform's user cache dir for cl-bench."""
-    env = os.environ.get("CLBENCH_CACHE")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("cl-bench"))
-
-
 def clip_preprocess(img: Image.Image, image_size: int) -> np.ndarray:
     """CLIP's eval transform without normalisation: bicubic resize of the shorter side, centre crop."""
     from torchvision.transforms import InterpolationMode

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cl_bench.data.real import sources
-from cl_bench.data.real.cache import decoded, default_cache_root, entry_dir
+from cl_bench.data.real.cache import decoded, entry_dir
 from cl_bench.data.real.sources import Pool
 from cl_bench.data.real.spec import DatasetSpec, available_datasets, load_spec
 from cl_bench.data.real.splits import (
@@ -26,7 +26,7 @@ from cl_bench.data.real.splits import (
     sample_few_shot,
     write_manifest,
 )
-from cl_bench.data.world import DatasetInfo, DataWorld, ImageSet
+from cl_bench.data.world import DatasetInfo, DataWorld, ImageSet, cache_root
 from cl_bench.errors import UserError
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class RealWorld(DataWorld):
         self.model = model or DEFAULT_MODEL
         self.pretrained = pretrained or DEFAULT_PRETRAINED
         self.data_root = Path(data_root).expanduser() if data_root else default_data_root()
-        self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_root()
+        self.cache_root = Path(cache_dir).expanduser() if cache_dir else cache_root()
         self.split_dir = Path(split_dir).expanduser() if split_dir else None
         self.reference_images = reference_images
         self.reference_captions = (

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,13 +77,10 @@ def toy_model(key: str) -> ToyModel:
 
 
 def toy_cache_root() -> Path:
-    """$CLBENCH_CACHE/toy, else the platform's user cache dir for cl-bench, /toy."""
-    env = os.environ.get("CLBENCH_CACHE")
-    if env:
-        return Path(env) / "toy"
-    import platformdirs
+    """The toy world's part of the cache: generated splits, the non-shipped weights."""
+    from cl_bench.data.world import cache_root
 
-    return Path(platformdirs.user_cache_dir("cl-bench")) / "toy"
+    return cache_root() / "toy"
 
 
 def register_config(spec: ToyModel = TOY_MODELS[DEFAULT_TOY_MODEL]) -> None:
