@@ -198,7 +198,8 @@ def world_section(raw: dict[str, Any], world: str, toy_model: str | None) -> dic
     the [toy] keys it names, and must name full_finetune_lr (calibrated per model, §5)."""
     from cl_bench.data.toy.model import DEFAULT_TOY_MODEL
 
-    section = {k: v for k, v in raw.get(world, {}).items() if not isinstance(v, dict)}
+    variants = toy_variants() if world == "toy" else set()
+    section = {k: v for k, v in raw.get(world, {}).items() if k not in variants}
     if world != "toy" or toy_model in (None, DEFAULT_TOY_MODEL):
         return section
     variant = raw.get("toy", {}).get(toy_model)
