@@ -138,3 +138,18 @@ def test_run_with_missing_base_weights_exits_2_with_the_command_to_make_them(tmp
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "clbench toy pretrain --model base" in proc.stderr
+
+
+def test_pretrain_with_an_unknown_model_exits_2_naming_the_valid_ones(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "cl_bench.cli", "toy", "pretrain", "--model", "huge",
+         "--out", str(tmp_path / "w.safetensors")],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "unknown toy model 'huge'; valid: small, base" in proc.stderr
+    assert not (tmp_path / "w.safetensors").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from cl_bench.api.registry import Registry
+from cl_bench.data.toy.model import DEFAULT_TOY_MODEL
 from cl_bench.data.world import DataWorld
 from cl_bench.errors import UserError
 
@@ -43,6 +44,7 @@ class WorldOptions(Protocol):
     """What `get_world` reads from a run's configuration (RunConfig has these fields)."""
 
     world: str
+    toy_model: str
     model: str | None
     pretrained: str | None
     data_root: str | None
@@ -64,8 +66,7 @@ def world_class(name: str) -> type[DataWorld]:
 def get_world(cfg: WorldOptions | Any) -> DataWorld:
     cls = world_class(cfg.world)
     options = {k: getattr(cfg, k) for k in REAL_WORLD_OPTIONS}
-    toy_model = getattr(cfg, "toy_model", "small")
-    if cfg.world != "toy" and toy_model != "small":
+    if cfg.world != "toy" and cfg.toy_model != DEFAULT_TOY_MODEL:
         raise UserError(f"--toy-model applies to --world toy only; drop it for --world {cfg.world}")
     if cfg.world == "real":
         return cls(**options)
@@ -76,5 +77,5 @@ def get_world(cfg: WorldOptions | Any) -> DataWorld:
             "the toy world ships its own CLIP and data"
         )
     if cfg.world == "toy":
-        return cls(model=toy_model)  # type: ignore[call-arg]
+        return cls(model=cfg.toy_model)  # type: ignore[call-arg]
     return cls()

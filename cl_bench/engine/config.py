@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cl_bench.data.toy.model import DEFAULT_TOY_MODEL, TOY_MODELS
 from cl_bench.errors import UserError
 
 DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA when available, else CPU (resolve_device)
@@ -63,7 +64,7 @@ class RunConfig:
     )
     world: str = option("toy", group=PROTOCOL, help="Data world: toy (embedded, default) or real.")
     toy_model: str = option(
-        "small",
+        DEFAULT_TOY_MODEL,
         group=PROTOCOL,
         help="Toy world: the toy CLIP, small (shipped, default) or base (4x the step FLOPs; "
         "`clbench toy pretrain --model base` writes its weights to the cache).",
@@ -165,8 +166,6 @@ class RunConfig:
         from cl_bench.data.worlds import WORLDS
 
         WORLDS.check(self.world)
-        from cl_bench.data.toy.model import TOY_MODELS
-
         if self.toy_model not in TOY_MODELS:
             raise UserError(
                 f"unknown --toy-model {self.toy_model!r}; valid: {', '.join(TOY_MODELS)}"

@@ -23,6 +23,7 @@ from cl_bench.analysis.results import (
     read_parquet,
     remove_temp_files,
 )
+from cl_bench.data.toy.model import DEFAULT_TOY_MODEL
 from cl_bench.engine import checkpoint as ckpt
 from cl_bench.engine.config import RunConfig, canonical_holdout, identity_diff
 from cl_bench.engine.settings import Setting
@@ -50,12 +51,9 @@ TRACKER_DIRS = ("tb",)  # tracker output a --force run replaces (W&B runs are se
 
 def default_run_dir(cfg: RunConfig, setting: Setting, learner_name: str, world_name: str) -> Path:
     # a non-default toy CLIP names itself after the world: toy-base-xtail-lora-seed0
-    toy_model = getattr(cfg, "toy_model", "small")
-    parts = (
-        [world_name, setting.name]
-        if toy_model == "small"
-        else [world_name, toy_model, setting.name]
-    )
+    parts = [world_name, setting.name]
+    if cfg.toy_model != DEFAULT_TOY_MODEL:
+        parts.insert(1, cfg.toy_model)
     if cfg.order not in (None, "I"):
         parts.append(f"order{setting.order}")
     if cfg.shots is not None:

@@ -53,7 +53,7 @@ def pretrain(
     cfg = PretrainConfig(
         steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads, model=spec.key
     )
-    record = run_pretrain(cfg, out or spec.weights_path, log=typer.echo)
+    record = run_pretrain(cfg, out, log=typer.echo)  # None: the model's own weights path
     own = record["zeroshot_accuracy"]["own"]
     union = record["zeroshot_accuracy"]["xtail_union"]
     for name, acc in own.items():

@@ -46,7 +46,6 @@ class ToyModel:
     key: str
     config_name: str  # the open_clip model name, = the config file's stem
     shipped: bool  # weights inside the package (else in $CLBENCH_CACHE/toy/models/)
-    about: str
 
     @property
     def config_path(self) -> Path:
@@ -59,14 +58,10 @@ class ToyModel:
         return toy_cache_root() / "models" / f"{self.config_name.replace('-', '_')}.safetensors"
 
 
+# small: width 128, 4 + 3 layers, 7.8 M parameters; base: width 256, 18.4 M, 4.0x the step FLOPs
 TOY_MODELS = {
-    "small": ToyModel("small", MODEL_NAME, True, "width 128, 4 + 3 layers, 7.8 M parameters"),
-    "base": ToyModel(
-        "base",
-        "toy-clip-base",
-        False,
-        "width 256, 4 + 3 layers, 18.4 M parameters, 4.0x the step FLOPs",
-    ),
+    "small": ToyModel("small", MODEL_NAME, shipped=True),
+    "base": ToyModel("base", "toy-clip-base", shipped=False),
 }
 
 

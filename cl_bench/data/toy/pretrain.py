@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -22,10 +22,15 @@ from cl_bench.data.toy.distribution import (
     GENERATOR_VERSION,
     PretrainDistribution,
 )
-from cl_bench.data.toy.model import DEFAULT_TOY_MODEL, IMAGE_SIZE_PX, MEAN, STD, toy_model
-
-if TYPE_CHECKING:
-    from cl_bench.data.toy.model import ToyModel
+from cl_bench.data.toy.model import (
+    DEFAULT_TOY_MODEL,
+    IMAGE_SIZE_PX,
+    MEAN,
+    STD,
+    TOY_MODELS,
+    ToyModel,
+    toy_model,
+)
 
 SUBSET_TEST_IMAGES = 96  # per domain: what the test suite re-checks quickly
 
@@ -154,7 +159,9 @@ def pretrain(
 
 
 def zero_shot_accuracies(
-    model, test_images_per_domain: int | None = None, spec: ToyModel | None = None
+    model,
+    test_images_per_domain: int | None = None,
+    spec: ToyModel = TOY_MODELS[DEFAULT_TOY_MODEL],
 ) -> dict[str, Any]:
     """Zero-shot top-1 (%) per domain: own label space, and the X-TAIL union space.
 
@@ -178,7 +185,6 @@ def zero_shot_accuracies(
         s = world.load_split(n, "test", None, 0, IMAGE_SIZE_PX)
         k = len(s) if test_images_per_domain is None else min(len(s), test_images_per_domain)
         tests[n] = ImageSet(np.asarray(s.images[:k]), np.asarray(s.labels[:k]), s.ids_hash)
-    spec = spec or toy_model(DEFAULT_TOY_MODEL)
     bb = Backbone(
         model, toy_tokenizer(spec), IMAGE_SIZE_PX, MEAN, STD, spec.config_name, "pretraining"
     )
