@@ -153,3 +153,25 @@ def test_pretrain_with_an_unknown_model_exits_2_naming_the_valid_ones(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "unknown toy model 'huge'; valid: small, base" in proc.stderr
     assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_weights_of_the_other_size_are_refused_with_the_command_to_remake_them(
+    tmp_path, monkeypatch
+):
+    """The shipped small weights copied to where base looks: a UserError, not a traceback."""
+    import shutil
+
+    import torch
+
+    from cl_bench.data.toy.model import load_toy_backbone
+
+    monkeypatch.setenv("CLBENCH_CACHE", str(tmp_path))
+    spec = toy_model("base")
+    spec.weights_path.parent.mkdir(parents=True)
+    shutil.copy(WEIGHTS_PATH, spec.weights_path)
+    with pytest.raises(
+        UserError, match=r"does not match the toy-clip-base config \(size mismatch"
+    ) as err:
+        load_toy_backbone(torch.device("cpu"), spec.weights_path, spec)
+    assert "re-create it with `clbench toy pretrain --model base`" in str(err.value)
+    assert "\n" not in str(err.value)

@@ -52,6 +52,13 @@ class ToyModel:
         return Path(__file__).resolve().parent / f"{self.config_name}.json"
 
     @property
+    def pretrain_command(self) -> str:
+        """The command that (re-)creates this size's weights where runs look for them."""
+        return "clbench toy pretrain" + (
+            "" if self.key == DEFAULT_TOY_MODEL else f" --model {self.key}"
+        )
+
+    @property
     def weights_path(self) -> Path:
         if self.shipped:
             return WEIGHTS_PATH
@@ -119,9 +126,10 @@ def weights_sha256(path: Path = WEIGHTS_PATH) -> str:
 def missing_weights_message(
     path: Path = WEIGHTS_PATH, spec: ToyModel = TOY_MODELS[DEFAULT_TOY_MODEL]
 ) -> str:
-    flag = "" if spec.key == DEFAULT_TOY_MODEL else f" --model {spec.key}"
     what = "re-create them" if spec.shipped else "create them (same recipe; see docs/toy-world.md)"
-    return f"toy CLIP weights ({spec.key}) not found at {path}; {what} with `clbench toy pretrain{flag}`"
+    return (
+        f"toy CLIP weights ({spec.key}) not found at {path}; {what} with `{spec.pretrain_command}`"
+    )
 
 
 def read_record(path: Path = RECORD_PATH) -> dict:
@@ -147,12 +155,17 @@ def load_toy_backbone(
         raise UserError(missing_weights_message(path, spec))
     model = create_toy_clip(spec)
     state = {k: v.float() for k, v in load_file(str(path)).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "attn_mask"]
-    if missing or unexpected:
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k != "attn_mask"]
+        problem = (
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}" if missing or unexpected else ""
+        )
+    except RuntimeError as exc:  # same names, other shapes: e.g. the small weights for base
+        problem = str(exc).splitlines()[-1].strip()
+    if problem:
         raise UserError(
-            f"{path} does not match the {spec.config_name} config (missing {missing[:3]}, unexpected {unexpected[:3]}); re-create it with `clbench toy pretrain"
-            + ("`" if spec.key == DEFAULT_TOY_MODEL else f" --model {spec.key}`")
+            f"{path} does not match the {spec.config_name} config ({problem}); re-create it with `{spec.pretrain_command}`"
         )
     model.to(device).eval()
     return Backbone(
