@@ -158,23 +158,29 @@ def cell(world, learner: str, precision: str, device: str, args) -> dict[str, An
         "steps": r.steps,
         "repeats": r.repeats,
         "eval_images": r.eval_images,
+        "train_host_syncs_per_step": r.train_host_syncs_per_step,
+        "eval_host_syncs_per_dataset": r.eval_host_syncs_per_dataset,
         "wall_s": r.wall_s,
     }
 
 
 def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
-    head = "| learner | precision | train steps/s | eval img/s | peak CUDA MB | train ratio | eval ratio |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    head = (
+        "| learner | precision | train steps/s | eval img/s | peak CUDA MB | train ratio "
+        "| eval ratio | host syncs per step / per eval dataset |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     for learner, by_prec in results.items():
         for prec, c in by_prec.items():
             if "skipped" in c or "error" in c:
                 why = c.get("skipped") or c["error"][:60]
-                lines.append(f"| {learner} | {prec} | {why} | | | | |")
+                lines.append(f"| {learner} | {prec} | {why} | | | | | |")
                 continue
             mem = "—" if c["peak_cuda_mb"] is None else f"{c['peak_cuda_mb']:.0f}"
+            syncs = f"{c['train_host_syncs_per_step']} / {c['eval_host_syncs_per_dataset']}"
             lines.append(
                 f"| {learner} | {prec} | {c['train_steps_per_s']:.2f} | {c['eval_images_per_s']:.0f} "
-                f"| {mem} | {c['train_ratio']:.3f} | {c['eval_ratio']:.3f} |"
+                f"| {mem} | {c['train_ratio']:.3f} | {c['eval_ratio']:.3f} | {syncs} |"
             )
     return "\n".join(lines)
 

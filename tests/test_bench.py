@@ -10,11 +10,12 @@ import json
 import math
 
 import pytest
+import torch
 from fakeworld import FakeWorld
 from typer.testing import CliRunner
 
 from cl_bench.cli import app
-from cl_bench.engine.bench import format_result, run_bench
+from cl_bench.engine.bench import count_host_syncs, format_result, run_bench
 from cl_bench.errors import UserError
 
 JSON_KEYS = {"train_ratio", "eval_ratio", "train_steps_per_s", "eval_images_per_s", "peak_rss_mb"}
@@ -39,6 +40,9 @@ def test_bench_measures_both_paths_for_a_training_learner():
     assert r.text_cache["text_misses"] == 2 * 13 and r.text_cache["text_hits"] == 2 * 3 * 13
     assert r.text_cache["image_hits"] == 0 and r.text_cache["image_misses"] == 2 * 4 * 13
     assert "ratio" in format_result(r)
+    # host syncs are counted on CUDA only (torch's sync debug mode)
+    assert r.train_host_syncs_per_step is None and r.eval_host_syncs_per_dataset is None
+    assert "host syncs" not in format_result(r)
 
 
 def test_bench_of_a_non_training_learner_reports_eval_only_and_hits_the_cache():
@@ -80,3 +84,18 @@ def test_cli_json_has_the_documented_keys(monkeypatch):
     data = json.loads(result.output.strip().splitlines()[-1])
     assert JSON_KEYS <= data.keys()
     assert data["learner"] == "finetune" and data["steps"] == 2
+
+
+def test_host_syncs_are_not_counted_off_cuda_and_fn_is_not_run():
+    ran = []
+    assert count_host_syncs(lambda: ran.append(1), torch.device("cpu")) is None
+    assert ran == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (a lent GPU machine)")
+def test_host_syncs_counts_each_blocking_call_and_none_for_queued_work():
+    device = torch.device("cuda")
+    x = torch.ones(64, 64, device=device)
+    assert count_host_syncs(lambda: (x @ x).sum(), device) == 0
+    assert count_host_syncs(lambda: [float(x.sum()) for _ in range(3)], device) == 3
+    assert count_host_syncs(lambda: torch.tensor([1.0, 2.0], device=device), device) == 1

@@ -274,6 +274,39 @@ def test_after_step_scalars_reach_the_train_log():
     assert all(isinstance(v, float) for e in log for v in e.values() if not isinstance(v, int))
 
 
+class ManyScalars(Tiny):
+    """Scalars of every kind a learner may log: the one-copy flush must give float() of each."""
+
+    def loss(self, batch: Batch, step: StepInfo) -> tuple[torch.Tensor, dict[str, Any]]:
+        loss, _ = super().loss(batch, step)
+        third = loss.detach() / 3
+        return loss, {
+            "fp32": third,
+            "bf16": third.to(torch.bfloat16),
+            "fp16": third.to(torch.float16),
+            "shape_1": third.reshape(1),
+            "count": torch.tensor(step.step + 2**40 + 1),  # int64, beyond fp32's exact range
+            "flag": torch.tensor(step.step % 2 == 0),
+            "python": step.step / 7,
+        }
+
+
+def test_flushed_scalars_equal_float_of_each_one_whatever_its_dtype():
+    learner = ManyScalars(make_model(), OptimizerConfig(lr=1e-2))
+    task = make_task(4)
+    learner.begin_task(task)
+    trainer = Trainer(CPU, log_every=2)
+    run = trainer.begin(learner, task)
+    assert run is not None
+    pending = [(s, trainer.step(learner, run, make_batch(s), info(s, 4))) for s in range(4)]
+    entry = trainer._flush(task, pending, [], None)
+    last = pending[-1][1]
+    assert entry["step"] == 4
+    for key, value in last.items():
+        assert entry[key] == float(value) and type(entry[key]) is float, key
+    assert entry["count"] == 3 + 2**40 + 1 and entry["flag"] == 0.0
+
+
 # -- what loss() may return -----------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ import os
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -98,6 +99,9 @@ class BenchResult:
     text_cache: dict[str, int] = field(default_factory=dict)  # engine evaluations, summed
     torch_threads: int = 0
     load_average_1min: tuple[float, float] = (0.0, 0.0)  # before, after
+    # CUDA only (None elsewhere): host syncs the engine makes, counted by torch's sync debug mode
+    train_host_syncs_per_step: float | None = None
+    eval_host_syncs_per_dataset: float | None = None
     wall_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,6 +124,24 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float, A
     out = fn()
     _sync(device)
     return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
+def count_host_syncs(fn: Callable[[], Any], device: torch.device) -> int | None:
+    """How many times fn() blocks the host on the device (CUDA; elsewhere None, fn not run).
+
+    torch's sync debug mode warns at every synchronizing CUDA call (`.item()`, a blocking
+    copy, `nonzero`, ...); the engine promises none per training step beyond its scalar
+    bookkeeping every `log_every` steps, and one per dataset per evaluation."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing CUDA operation" in str(w.message) for w in caught)
 
 
 def _bare_train(trainer: Trainer, learner, training: TaskTraining, batches, task: Task) -> None:
@@ -345,6 +367,26 @@ def run_bench(
                     f"bench: engine and bare evaluation disagree ({counts['engine']} vs {counts['bare']}); this is a harness bug"
                 )
 
+        # last: host syncs of one more engine training block and one engine evaluation slice
+        train_syncs: float | None = None
+        eval_syncs: float | None = None
+        if engine.device.type == "cuda":
+            learn.begin_task(task)
+            training = trainer.begin(learn, task)
+            if training is not None:
+                n = count_host_syncs(
+                    lambda: trainer.train(learn, training, train, backbone.normalize, seed, []),
+                    engine.device,
+                )
+                train_syncs = None if n is None else n / block
+            learn.end_task(task)
+            trainer.end()
+            parts.evaluator.cache = EvalCache()
+            n = count_host_syncs(
+                lambda: _engine_eval(parts.evaluator, learn, slices[0]), engine.device
+            )
+            eval_syncs = None if n is None else n / len(slices[0])
+
     def ratio(d, i):
         return [e[i] / b[i] for e, b in zip(d["engine"], d["bare"], strict=True)]
 
@@ -381,6 +423,8 @@ def run_bench(
         text_cache=cache_stats,
         torch_threads=torch.get_num_threads(),
         load_average_1min=(round(load_before, 2), round(os.getloadavg()[0], 2)),
+        train_host_syncs_per_step=train_syncs,
+        eval_host_syncs_per_dataset=eval_syncs,
         wall_s=round(time.perf_counter() - started, 1),
     )
 
@@ -402,4 +446,9 @@ def format_result(r: BenchResult) -> str:
         + (f", peak CUDA {r.peak_cuda_mb:.0f} MB" if r.peak_cuda_mb is not None else "")
         + f"; load average (1 min) {r.load_average_1min[0]} -> {r.load_average_1min[1]}; {r.wall_s} s",
     ]
+    if r.train_host_syncs_per_step is not None or r.eval_host_syncs_per_dataset is not None:
+        lines.append(
+            f"  host syncs: {r.train_host_syncs_per_step} per training step, "
+            f"{r.eval_host_syncs_per_dataset} per dataset per evaluation"
+        )
     return "\n".join(lines)
