@@ -79,6 +79,7 @@ import torch.nn.functional as F
 
 from cl_bench.api.learner import Batch, StepInfo, Task, TrainingSet
 from cl_bench.api.registry import register_learner
+from cl_bench.api.sampling import to_device
 from cl_bench.api.toolkit import clip_distillation, clip_features, frozen_copy, weights_fingerprint
 from cl_bench.errors import UserError
 from cl_bench.models.backbone import as_clip
@@ -232,7 +233,7 @@ class ICaRL(Finetune):
             self.cursor = 0
         chunk = self.replay[self.cursor : self.cursor + self.replay_batch_size]
         self.cursor += self.replay_batch_size
-        return self.normalize(chunk.to(device))
+        return self.normalize(to_device(chunk, device))
 
     # -- hooks ------------------------------------------------------------------------
 

@@ -44,7 +44,7 @@ import torch.distributed as dist
 from cl_bench.api import collectives
 from cl_bench.api.learner import Batch, StepInfo, Task
 from cl_bench.api.registry import register_learner
-from cl_bench.api.sampling import BatchOrder
+from cl_bench.api.sampling import BatchOrder, to_device
 from cl_bench.errors import UserError
 
 from .finetune import Finetune
@@ -122,8 +122,8 @@ class Joint(Finetune):
         for k in np.unique(which):
             stored = self.stored[int(k)]
             local = idx[which == k] - self.starts[k]
-            pixels = torch.from_numpy(np.ascontiguousarray(stored.images[local])).to(device)
-            labels = torch.from_numpy(stored.labels[local]).to(device)
+            pixels = to_device(stored.images[local], device)
+            labels = to_device(stored.labels[local], device)
             parts.append(Batch(self.normalize(pixels), labels, stored.text_tokens, int(k)))
         return parts
 

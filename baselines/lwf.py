@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from cl_bench.api.collectives import gather_batch
 from cl_bench.api.learner import Batch, StepInfo, Task, TrainingSet
 from cl_bench.api.registry import register_learner
+from cl_bench.api.sampling import to_device
 from cl_bench.api.toolkit import clip_distillation, clip_features, frozen_copy
 from cl_bench.errors import UserError
 from cl_bench.models.backbone import as_clip
@@ -75,8 +76,8 @@ class SecondLoader:
             self.cursor = 0
         idx = np.sort(self.order[self.cursor : self.cursor + self.batch_size].numpy())
         self.cursor += self.batch_size
-        chunk = np.ascontiguousarray(self.training_set.images[idx]).copy()
-        return self.training_set.normalize(torch.from_numpy(chunk).to(self.training_set.device))
+        chunk = to_device(self.training_set.images[idx], self.training_set.device)
+        return self.training_set.normalize(chunk)
 
 
 @register_learner("lwf")

@@ -172,7 +172,8 @@ def train_step(model, optimizer, images: torch.Tensor, labels: torch.Tensor, tok
 
 def clbench_batches(train, backbone, batch_size: int, steps: int, seed: int):
     """The engine's feeder: BatchStream indices, a gather from the memmap, normalize."""
-    from cl_bench.engine.trainer import BatchStream, to_device
+    from cl_bench.api.sampling import to_device
+    from cl_bench.engine.trainer import BatchStream
 
     stream = BatchStream(train, batch_size, seed, 0)
     device = torch.device("cpu")

@@ -52,3 +52,23 @@ def test_first_call_under_inference_mode_leaves_tensors_training_can_use():
     (x * weight.view(1, 3, 1, 1)).sum().backward()
     assert weight.grad is not None
     assert torch.allclose(weight.grad, explicit(images).sum((0, 2, 3)))
+
+
+def test_to_device_on_cpu_keeps_values_and_copies_a_read_only_array(tmp_path):
+    import warnings
+
+    import numpy as np
+
+    from cl_bench.api.sampling import to_device
+
+    path = tmp_path / "images.u8"
+    np.arange(24, dtype=np.uint8).tofile(path)
+    memmap = np.memmap(path, dtype=np.uint8, mode="r", shape=(2, 12))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns on a non-writable numpy array
+        tensor = to_device(memmap[:1], torch.device("cpu"))
+    assert tensor.tolist() == [list(range(12))]
+    tensor[0, 0] = 99  # its own memory: the file is untouched
+    assert int(memmap[0, 0]) == 0
+    same = torch.ones(3)
+    assert to_device(same, torch.device("cpu")) is same

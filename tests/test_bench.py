@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from fakeworld import FakeWorld
@@ -99,3 +100,13 @@ def test_host_syncs_counts_each_blocking_call_and_none_for_queued_work():
     assert count_host_syncs(lambda: (x @ x).sum(), device) == 0
     assert count_host_syncs(lambda: [float(x.sum()) for _ in range(3)], device) == 3
     assert count_host_syncs(lambda: torch.tensor([1.0, 2.0], device=device), device) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (a lent GPU machine)")
+def test_to_device_uploads_without_a_host_sync_where_a_plain_to_syncs():
+    from cl_bench.api.sampling import to_device
+
+    device = torch.device("cuda")
+    batch = np.zeros((32, 64, 64, 3), dtype=np.uint8)
+    assert count_host_syncs(lambda: to_device(batch, device), device) == 0
+    assert count_host_syncs(lambda: torch.from_numpy(batch).to(device), device) == 1

@@ -64,13 +64,13 @@ class TrainingSet:
     def batches(self, batch_size: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(normalized images, int64 labels) on the device, in order, `batch_size` at a time."""
         import numpy as np
-        import torch
+
+        from cl_bench.api.sampling import to_device
 
         for start in range(0, len(self), batch_size):
-            chunk = np.ascontiguousarray(self.images[start : start + batch_size]).copy()
-            images = self.normalize(torch.from_numpy(chunk).to(self.device))
+            images = self.normalize(to_device(self.images[start : start + batch_size], self.device))
             labels = np.asarray(self.labels[start : start + batch_size], dtype=np.int64)
-            yield images, torch.from_numpy(labels).to(self.device)
+            yield images, to_device(labels, self.device)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
-"""The engine's batch order, public so that a learner drawing its own batches (joint's union
-of stored sets) draws them exactly as the engine would: one seeded formula in one place."""
+"""How the engine draws batches, public so that a learner drawing its own (joint's union of
+stored sets, LwF's reshuffled current set, iCaRL's exemplars) draws them exactly as the
+engine would: the seeded batch order, one formula in one place, and the upload to the
+device, which must not block the host."""
 
 from __future__ import annotations
 
@@ -25,3 +27,19 @@ class BatchOrder:
             )
         idx, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
         return idx.numpy()
+
+
+def to_device(data: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch on `device`. On CUDA: pinned + non-blocking, because a plain `.to("cuda")`
+    from pageable memory waits for the device's queue to drain (a host sync per batch);
+    elsewhere the tensor itself (no copy)."""
+    if isinstance(data, torch.Tensor):
+        tensor = data
+    else:
+        array = np.ascontiguousarray(data)
+        if not array.flags.writeable:  # a read-only memmap slice: torch wants its own copy
+            array = array.copy()
+        tensor = torch.from_numpy(array)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

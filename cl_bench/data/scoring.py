@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl_bench.api.sampling import to_device
 from cl_bench.data.world import DatasetInfo, ImageSet
 from cl_bench.models.backbone import Backbone, as_clip
 
@@ -72,13 +73,7 @@ def uint8_batches(
 ) -> Iterator[torch.Tensor]:
     """Consecutive uint8 NHWC batches on `device`; pinned + non-blocking copies on CUDA."""
     for start in range(0, len(images), batch_size):
-        array = np.ascontiguousarray(images[start : start + batch_size])
-        if not array.flags.writeable:  # a read-only memmap slice: torch wants its own copy
-            array = array.copy()
-        chunk = torch.from_numpy(array)
-        if device.type == "cuda":
-            chunk = chunk.pin_memory().to(device, non_blocking=True)
-        yield chunk
+        yield to_device(images[start : start + batch_size], device)
 
 
 @torch.inference_mode()

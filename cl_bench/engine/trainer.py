@@ -25,7 +25,7 @@ from torch import nn
 
 from cl_bench.api.learner import Batch, Learner, StepInfo, Task, overrides_train_step
 from cl_bench.api.optim import OptimizerConfig, build_optimizer, param_groups
-from cl_bench.api.sampling import BatchOrder
+from cl_bench.api.sampling import BatchOrder, to_device
 from cl_bench.data.augment import RandomResizedCrops, TrainView
 from cl_bench.data.world import ImageSet
 from cl_bench.engine.distributed import Distributed
@@ -39,14 +39,6 @@ class BatchStream(BatchOrder):
     def __init__(self, images: ImageSet, batch_size: int, seed: int, task_index: int) -> None:
         super().__init__(len(images), batch_size, seed, task_index)
         self.images = images
-
-
-def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host batch on `device`: pinned + non-blocking on CUDA (no host sync per step)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor
 
 
 @dataclass
