@@ -95,6 +95,7 @@ from torch import nn
 from cl_bench.api.learner import Batch, LabelSpace, Learner, StepInfo, Task
 from cl_bench.api.optim import OptimizerConfig
 from cl_bench.api.registry import register_learner
+from cl_bench.api.sampling import to_device
 from cl_bench.api.toolkit import clip_logits
 from cl_bench.errors import UserError
 from cl_bench.models.backbone import as_clip
@@ -478,7 +479,7 @@ class MoEAdapters(Learner):
         if self.cfg.ddas_routing == "batch":
             errors = errors.mean(dim=1, keepdim=True).expand_as(errors)
         best, pick = errors.min(dim=0)
-        task = torch.tensor(candidates, device=x.device)[pick] - 1
+        task = to_device(torch.tensor(candidates), x.device)[pick] - 1  # no host sync on CUDA
         too_far = (
             best > self.threshold if self.threshold is not None else torch.zeros_like(pick).bool()
         )
