@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from cl_bench.data.toy.model import DEFAULT_TOY_MODEL
+
 app = typer.Typer(
     help="The embedded toy world: pre-train its tiny CLIP, look at its domains.",
     no_args_is_help=True,
@@ -30,7 +32,7 @@ def pretrain(
         typer.Option(
             help="Toy CLIP size: small (shipped, the default) or base (4x the step FLOPs; its weights go to the cache)."
         ),
-    ] = "small",
+    ] = DEFAULT_TOY_MODEL,
     out: Annotated[
         Path | None,
         typer.Option(
