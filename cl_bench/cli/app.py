@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 import json
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -101,6 +102,33 @@ def run_config(ctx: typer.Context, config: Path | None, options: dict[str, Any])
     return cfg
 
 
+_START_UP_DONE = False
+
+
+@contextlib.contextmanager
+def start_up_without_gc() -> Iterator[None]:
+    """The process's first heavy start-up (torch, open_clip, the engine) runs with Python's
+    cyclic garbage collector off; what it built is then frozen out of later collections.
+
+    Why: those imports allocate about a million long-lived objects, none of them garbage,
+    and the collector walks them again and again while they are built (≈ 1.2 s of a run's
+    start-up here) and once more at exit (≈ 1 s). Only the first call in a process does
+    anything (a long-lived caller such as a test session freezes once, not once per run);
+    numerics are untouched. docs/performance.md, "Start-up".
+    """
+    global _START_UP_DONE
+    if _START_UP_DONE or not gc.isenabled():
+        yield
+        return
+    _START_UP_DONE = True
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 def _mount_sub_apps() -> None:
     """The world-specific command groups; their modules import only typer at top level."""
     from cl_bench.data.real.cli import app as data_app
@@ -128,10 +156,13 @@ def run(
     cfg = run_config(ctx, config, options)
 
     from cl_bench.cli.view import RichReporter, print_summary
-    from cl_bench.engine.loop import Engine
 
-    reporter = RichReporter()
-    engine = Engine(cfg, reporter)  # resolves and validates everything before any bar is drawn
+    with start_up_without_gc():
+        from cl_bench.engine.loop import Engine
+
+        reporter = RichReporter()
+        # resolves and validates everything before any bar is drawn
+        engine = Engine(cfg, reporter)
     with reporter if engine.dist.is_main else contextlib.nullcontext():  # torchrun: rank 0 draws
         outcome = engine.run()
     if engine.dist.is_main:
