@@ -303,15 +303,22 @@ def plot_on_off_sites(
     ]
 
 
-def report_run(run_dir: Path, out: Path | None = None) -> list[Path]:
-    """Write every plot that the run's files support; return the PNG paths."""
-    run_dir = Path(run_dir)
+def read_evaluated_run(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    """(manifest, accuracy rows) of a run that has been evaluated at least once: what the
+    PNG and HTML reports both start from."""
     manifest = read_manifest(run_dir)
     acc = read_parquet(run_dir / ACCURACY_FILE)
     if acc.empty:
         raise UserError(
             f"{run_dir / ACCURACY_FILE} has no rows yet; wait for the zero-shot evaluation"
         )
+    return manifest, acc
+
+
+def report_run(run_dir: Path, out: Path | None = None) -> list[Path]:
+    """Write every plot that the run's files support; return the PNG paths."""
+    run_dir = Path(run_dir)
+    manifest, acc = read_evaluated_run(run_dir)
     out = Path(out) if out else run_dir / "plots"
     title = _run_title(manifest, acc)
     if manifest.get("status") != "finished":

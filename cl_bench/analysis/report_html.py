@@ -18,8 +18,8 @@ from typing import Any
 import pandas as pd
 
 from cl_bench.analysis import html_page as hp
-from cl_bench.analysis.report import report_run
-from cl_bench.analysis.results import ACCURACY_FILE, read_manifest, read_parquet, summarize
+from cl_bench.analysis.report import read_evaluated_run, report_run
+from cl_bench.analysis.results import summarize
 from cl_bench.errors import UserError
 
 REPORT_FILE = "report.html"
@@ -117,12 +117,7 @@ def _plot_sections(pngs: list[Path]) -> tuple[list[str], list[tuple[str, str]]]:
 def report_html(run_dir: Path, out: Path | None = None) -> Path:
     """Write the run's self-contained page to out/report.html (default RUN_DIR/plots)."""
     run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    acc = read_parquet(run_dir / ACCURACY_FILE)
-    if acc.empty:
-        raise UserError(
-            f"{run_dir / ACCURACY_FILE} has no rows yet; wait for the zero-shot evaluation"
-        )
+    manifest, acc = read_evaluated_run(run_dir)
     with tempfile.TemporaryDirectory(prefix="clbench-report-") as tmp:
         plots, links = _plot_sections(report_run(run_dir, Path(tmp)))  # read before tmp goes
     status = str(manifest.get("status", ""))

@@ -269,17 +269,7 @@ class DRSLoRA(LoRA):
         return {"kappa": kappa}
 
     def before_merge(self, task: Task) -> None:
-        rows: list[dict[str, Any]] = [
-            {
-                "task": task.name,
-                "encoder": a.site.encoder,
-                "layer": a.site.layer,
-                "kind": a.site.kind,
-                "rank": a.block.rank,
-                "surviving": a.block.surviving_ranks(),
-            }
-            for a in self._adapter().attached
-        ]
+        rows = self.site_rows(task, lambda b: {"rank": b.rank, "surviving": b.surviving_ranks()})
         self.ctx.record("ranks", rows)
         surviving = sum(r["surviving"] for r in rows)
         total = sum(r["rank"] for r in rows)

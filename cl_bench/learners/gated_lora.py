@@ -91,17 +91,7 @@ class GatedLoRA(LoRA):
         return penalty, {"gate_penalty": penalty.detach(), "active_fraction": active}
 
     def before_merge(self, task: Task) -> None:
-        rows: list[dict[str, Any]] = [
-            {
-                "task": task.name,
-                "encoder": a.site.encoder,
-                "layer": a.site.layer,
-                "kind": a.site.kind,
-                "score": gate_score(a.block),
-                "active": a.block.is_active(),
-            }
-            for a in self._adapter().attached
-        ]
+        rows = self.site_rows(task, lambda b: {"score": gate_score(b), "active": b.is_active()})
         self.ctx.record("gates", rows)
         fractions = dict(self.ctx.derived.get("gated_lora.active_fraction_per_task", {}))
         fractions[task.name] = round(sum(r["active"] for r in rows) / len(rows), 4)

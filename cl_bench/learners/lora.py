@@ -32,6 +32,7 @@ Deviations from the reference code:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -42,7 +43,14 @@ from cl_bench.api.optim import OptimizerConfig
 from cl_bench.api.registry import register_learner
 from cl_bench.api.toolkit import clip_logits, contrastive_loss
 from cl_bench.errors import UserError
-from cl_bench.models.lora import ENCODERS, MATRIX_KINDS, LoRAAdapter, Variant, find_sites
+from cl_bench.models.lora import (
+    ENCODERS,
+    MATRIX_KINDS,
+    LoRAAdapter,
+    LowRankBlock,
+    Variant,
+    find_sites,
+)
 from cl_bench.models.redundancy import RedundancyForm, redundancy_loss
 
 REFERENCE_WIDTH = 768  # ViT-B/16's width, at which the paper's ranks are given
@@ -120,6 +128,22 @@ class LoRA(Learner):
 
     def before_merge(self, task: Task) -> None:
         """Records what the adapter kept, before it is merged away."""
+
+    def site_rows(
+        self, task: Task, fields: Callable[[LowRankBlock], dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """One row per adapted matrix: where it is (task, encoder, layer, kind), then
+        `fields` of its block; the per-task tables `before_merge` records (ranks, gates)."""
+        return [
+            {
+                "task": task.name,
+                "encoder": a.site.encoder,
+                "layer": a.site.layer,
+                "kind": a.site.kind,
+                **fields(a.block),
+            }
+            for a in self._adapter().attached
+        ]
 
     # -- Learner API ---------------------------------------------------------------------
     def _adapter(self) -> LoRAAdapter:
