@@ -46,6 +46,20 @@ def test_gpu_sh_smoke_writes_every_cell(tmp_path):
     assert "| drslora | fp32 |" in out.stdout
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU refusal")
+def test_gpu_check_refuses_a_machine_without_cuda_in_one_line(tmp_path):
+    out = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "PYTHON": sys.executable},
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: no CUDA device visible to torch; run this on a GPU machine "
+        "(CPU: bash benchmarks/gpu.sh --smoke --out DIR)"
+    ]
+    assert not list((tmp_path / "out").iterdir())  # nothing measured, nothing written
+
+
 @pytest.mark.slow
 def test_real_pipeline_smoke_compares_both_paths(tmp_path):
     path = tmp_path / "rp.json"
