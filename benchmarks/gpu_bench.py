@@ -214,7 +214,36 @@ def main(argv: list[str] | None = None) -> None:
     image_size = 16 if args.model == "tiny" else 224
     world = SyntheticWorld(args.model, image_size, args.classes, 64, args.test_per_class)
     started = time.perf_counter()
+    device_name = (
+        torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu x{os.cpu_count()}"
+    )
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = "smoke" if args.smoke else device_name.replace(" ", "-").lower()
+    path = out_dir / f"gpu-{tag}.json"
     results: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def write(complete: bool) -> None:
+        """Rewritten after every cell: a run cut short by a time limit keeps what it measured."""
+        record = {
+            "benchmark": "gpu",
+            "command": "bash benchmarks/gpu.sh "
+            + " ".join(argv if argv is not None else sys.argv[1:]),
+            "smoke": args.smoke,
+            "complete": complete,
+            "device": args.device,
+            "device_name": device_name,
+            "model": args.model,
+            "weights": "random (pretrained=None)",
+            "image_size": image_size,
+            "torch": torch.__version__,
+            "results": results,
+            "wall_s": round(time.perf_counter() - started, 1),
+        }
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(path)
+
     for learner in args.learners.split(","):
         results[learner] = {}
         for precision in args.precisions.split(","):
@@ -223,29 +252,10 @@ def main(argv: list[str] | None = None) -> None:
             if args.device == "cuda":
                 torch.cuda.empty_cache()
             print(f"{learner} {precision}: {results[learner][precision]}", flush=True)
-    device_name = (
-        torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu x{os.cpu_count()}"
-    )
-    record = {
-        "benchmark": "gpu",
-        "command": "bash benchmarks/gpu.sh " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "smoke": args.smoke,
-        "device": args.device,
-        "device_name": device_name,
-        "model": args.model,
-        "weights": "random (pretrained=None)",
-        "image_size": image_size,
-        "torch": torch.__version__,
-        "results": results,
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tag = "smoke" if args.smoke else device_name.replace(" ", "-").lower()
-    path = out_dir / f"gpu-{tag}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+            write(complete=False)
+    write(complete=True)
     print(table(results))
-    print(f"-> {path} ({record['wall_s']} s)")
+    print(f"-> {path} ({round(time.perf_counter() - started, 1)} s)")
 
 
 if __name__ == "__main__":

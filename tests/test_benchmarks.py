@@ -30,6 +30,7 @@ def test_gpu_sh_smoke_writes_every_cell(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads((tmp_path / "gpu-smoke.json").read_text())
     assert record["smoke"] and record["device"] == "cpu" and record["model"] == "tiny"
+    assert record["complete"]  # rewritten after every cell, marked complete at the end
     results = record["results"]
     assert set(results) == {"drslora", "lora", "finetune", "zscl"}
     for learner, by_prec in results.items():
