@@ -37,6 +37,7 @@ def test_gpu_sh_smoke_writes_every_cell(tmp_path):
         assert set(by_prec) == {"fp32", "bf16", "fp16"}, learner
         assert "fp16 needs CUDA" in by_prec["fp16"]["skipped"]
     cell = results["drslora"]["fp32"]  # measured, every field a positive finite number
+    assert record["budgets"] == "real" and cell["batch_size"] == 64  # X-TAIL's real batch
     assert CELL_KEYS <= set(cell)
     for key in CELL_KEYS - {"peak_cuda_mb"}:
         assert math.isfinite(cell[key]) and cell[key] > 0, key
