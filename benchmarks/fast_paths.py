@@ -28,10 +28,9 @@ import time
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cl_bench.api.toolkit import contrastive_loss
+from cl_bench.api.toolkit import clip_logits, contrastive_loss
 from cl_bench.data.toy.model import TOY_MODELS, register_config, toy_tokenizer
 from cl_bench.data.toy.world import ToyWorld
 from cl_bench.learners.lora import scaled_rank
@@ -54,7 +53,9 @@ def text_cut_model(backbone: Backbone, context: int, model_key: str) -> nn.Modul
         for k, v in backbone.model.state_dict().items()
         if k != "attn_mask"  # rebuilt for the shorter context
     }
-    model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if [k for k in missing if k != "attn_mask"] or unexpected:
+        raise RuntimeError(f"text-cut model: missing {missing}, unexpected {unexpected}")
     return model
 
 
@@ -90,10 +91,7 @@ def main() -> None:
         return model, opt
 
     def step(model: nn.Module, opt: torch.optim.Optimizer, text: torch.Tensor) -> None:
-        clip: object = model
-        img = F.normalize(clip.encode_image(backbone.normalize(images)), dim=-1)  # type: ignore[attr-defined]
-        txt = F.normalize(clip.encode_text(text), dim=-1)  # type: ignore[attr-defined]
-        logits = clip.logit_scale.exp() * img @ txt.T  # type: ignore[attr-defined]
+        logits = clip_logits(model, backbone.normalize(images), text)  # the learners' logits
         loss = contrastive_loss(logits, labels, 0.0, None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
