@@ -18,7 +18,7 @@ out="${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 py="${PYTHON:-python}"
-mkdir -p "$out"
+mkdir -p "$out" && out="$(cd "$out" && pwd)"  # absolute: the steps run from the repo root
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 
 if ! "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -31,14 +31,16 @@ fi
 } | tee "$out/device.txt"
 
 status=0
-start=$(date +%s)
-(cd "$repo" && timeout "${PYTEST_TIMEOUT:-180}" "$py" -m pytest -q -rs -p no:cacheprovider \
-  tests/test_bench.py tests/test_trainer.py tests/test_backbone.py) 2>&1 | tee "$out/pytest.log"
-rc=${PIPESTATUS[0]}; [ "$rc" -ne 0 ] && [ "$status" -eq 0 ] && status=$rc
-echo "pytest: rc $rc, $(( $(date +%s) - start )) s" | tee -a "$out/device.txt"
-
-start=$(date +%s)
-timeout "${GPU_BENCH_TIMEOUT:-480}" bash "$here/gpu.sh" --out "$out" 2>&1 | tee "$out/gpu.log"
-rc=${PIPESTATUS[0]}; [ "$rc" -ne 0 ] && [ "$status" -eq 0 ] && status=$rc
-echo "gpu.sh: rc $rc, $(( $(date +%s) - start )) s" | tee -a "$out/device.txt"
+step() {  # NAME LOG SECONDS CMD...: run CMD in the repo under a time limit, log it, keep the first failure
+  local name="$1" log="$2" limit="$3" start rc
+  shift 3
+  start=$(date +%s)
+  (cd "$repo" && timeout "$limit" "$@") 2>&1 | tee "$out/$log"
+  rc=${PIPESTATUS[0]}
+  if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then status=$rc; fi
+  echo "$name: rc $rc, $(( $(date +%s) - start )) s" | tee -a "$out/device.txt"
+}
+step pytest pytest.log "${PYTEST_TIMEOUT:-180}" "$py" -m pytest -q -rs -p no:cacheprovider \
+  tests/test_bench.py tests/test_trainer.py tests/test_backbone.py
+step gpu.sh gpu.log "${GPU_BENCH_TIMEOUT:-480}" bash "$here/gpu.sh" --out "$out"
 exit "$status"
