@@ -167,8 +167,8 @@ class ContractTrainer(Trainer):
             old = entry["snapshot"].get(name)
             if old is None or old[0] is not p or not torch.equal(old[1], p.detach()):
                 changed[name] = p
-        # begin_task included: a parameter that existed before it (LoRA re-homes base weights
-        # under `parametrizations.*.original`, the same tensor objects) changed only if declared
+        # begin_task included: a parameter that existed before it (LoRA wraps base modules, so
+        # their tensors move to other names, the same tensor objects) changed only if declared
         by_id = {id(p): n for n, p in _parameters(learner.model).items()}
         for key, (p, value) in self.before_begin_task.items():
             if key in by_id and not torch.equal(value, p.detach()):
@@ -223,7 +223,7 @@ def _assert_loads_to_the_same_model(engine: Engine, state: dict[str, Any], via: 
     fresh = _fresh(engine)
     fresh.load_state_dict(state)
     mine, theirs = _parameters(engine.learner.model), _parameters(fresh.model)
-    # by name: a LoRA merge re-registers the merged weights last, so the order may differ
+    # by name: a learner may register parameters in another order than a fresh one
     assert sorted(mine) == sorted(theirs), f"{via}: parameter names differ"
     for n, p in mine.items():
         assert p.dtype == theirs[n].dtype and torch.equal(p, theirs[n]), f"{via}: {n} differs"

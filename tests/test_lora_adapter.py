@@ -1,4 +1,4 @@
-"""The LoRA-family adapter (cl_bench.models.lora): parametrized forward, merge, pruning, STE."""
+"""The LoRA-family adapter (cl_bench.models.lora): branch forward, merge, pruning, STE."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
-from torch.nn.utils import parametrize
+from torch import nn
 
 from cl_bench.errors import UserError
-from cl_bench.models.lora import MATRIX_KINDS, LoRAAdapter, find_sites
+from cl_bench.models.lora import MATRIX_KINDS, LoRAAdapter, LoRAAttention, find_sites
 from cl_bench.models.tiny import random_tiny_clip
 
 ALL = ("vision", "text")
@@ -52,31 +52,22 @@ def explicit_delta(block) -> torch.Tensor:
     return delta.detach()
 
 
-def manual_weights(model: torch.nn.Module, adapter: LoRAAdapter) -> torch.nn.Module:
-    """A copy of the base model with W + ΔW written into plain tensors, computed explicitly."""
-    twin = copy.deepcopy(model)
-    for item in adapter.attached:
-        site = item.site
-        twin_module = twin.get_submodule(_path_of(model, site.module))
-        name = site.tensor_name
-        base = (
-            twin_module.parametrizations[name].original
-            if parametrize.is_parametrized(twin_module, name)
-            else getattr(twin_module, name)
-        )
-        with torch.no_grad():
-            base[site.row_start : site.row_stop] += explicit_delta(item.block)
-    for module in list(twin.modules()):
-        for name in list(getattr(module, "parametrizations", {}) or {}):
-            parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+def manual_weights(base: torch.nn.Module, adapter: LoRAAdapter) -> torch.nn.Module:
+    """A copy of `base` (the model before the adapter) with W + ΔW written into its plain
+    tensors, ΔW computed rank by rank."""
+    twin = copy.deepcopy(base)
+    kinds = tuple(dict.fromkeys(a.site.kind for a in adapter.attached))
+    encoders = tuple(dict.fromkeys(a.site.encoder for a in adapter.attached))
+    twin_sites = find_sites(twin, encoders, kinds)
+    assert [(s.encoder, s.layer, s.kind) for s in twin_sites] == [
+        (a.site.encoder, a.site.layer, a.site.kind) for a in adapter.attached
+    ]
+    with torch.no_grad():
+        for site, item in zip(twin_sites, adapter.attached, strict=True):
+            getattr(site.module, site.tensor_name)[site.row_start : site.row_stop] += (
+                explicit_delta(item.block)
+            )
     return twin
-
-
-def _path_of(model: torch.nn.Module, target: torch.nn.Module) -> str:
-    for name, module in model.named_modules():
-        if module is target:
-            return name
-    raise KeyError(target)
 
 
 def test_sites_cover_all_six_kinds_in_both_encoders() -> None:
@@ -94,13 +85,14 @@ def test_sites_cover_all_six_kinds_in_both_encoders() -> None:
 
 
 @pytest.mark.parametrize("variant", ["lora", "importance", "gated"])
-def test_parametrized_forward_equals_manual_forward(variant: str) -> None:
+def test_branch_forward_equals_manual_weights(variant: str) -> None:
     model = tiny_model()
+    base = copy.deepcopy(model)
     base_img, base_txt = encode(model)
     adapter = LoRAAdapter(model, find_sites(model, ALL, MATRIX_KINDS), rank=3, variant=variant)
     randomize(adapter)
     img, txt = encode(model)
-    ref_img, ref_txt = encode(manual_weights(model, adapter))
+    ref_img, ref_txt = encode(manual_weights(base, adapter))
     torch.testing.assert_close(img, ref_img, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(txt, ref_txt, atol=1e-5, rtol=1e-5)
     assert (img - base_img).abs().max() > 1e-3 and (txt - base_txt).abs().max() > 1e-3
@@ -109,9 +101,52 @@ def test_parametrized_forward_equals_manual_forward(variant: str) -> None:
 def test_fresh_adapter_is_the_identity() -> None:
     model = tiny_model()
     before = encode(model)
-    LoRAAdapter(model, find_sites(model, ALL, MATRIX_KINDS), rank=4, variant="importance")
-    after = encode(model)
-    torch.testing.assert_close(before, after, atol=0, rtol=0)  # B = 0 exactly
+    adapter = LoRAAdapter(model, find_sites(model, ALL, MATRIX_KINDS), rank=4, variant="importance")
+    blocks = [a.block for a in adapter.attached]
+    assert all(torch.count_nonzero(b(torch.randn(5, b.lora_A.shape[1]))) == 0 for b in blocks)
+    after = encode(model)  # LoRAAttention's own attention path: equal up to rounding
+    torch.testing.assert_close(before, after, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("mask", ["none", "causal_float", "causal_bool"])
+def test_lora_attention_without_branches_is_multihead_attention(
+    batch_first: bool, mask: str
+) -> None:
+    """Forward and input gradient equal nn.MultiheadAttention's own (training mode)."""
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(32, 4, batch_first=batch_first).train()
+    wrapped = LoRAAttention(attn, {})
+    length = 7
+    x = torch.randn((3, length, 32) if batch_first else (length, 3, 32), requires_grad=True)
+    causal = torch.ones(length, length, dtype=torch.bool).triu(1)  # True = not allowed
+    masks = {
+        "none": None,
+        "causal_float": torch.zeros(length, length).masked_fill(causal, float("-inf")),
+        "causal_bool": causal,
+    }
+    m = masks[mask]
+    want = attn(x, x, x, need_weights=False, attn_mask=m)[0]
+    (g_want,) = torch.autograd.grad(want.square().sum(), x)
+    got, weights = wrapped(x, x, x, need_weights=False, attn_mask=m)
+    (g_got,) = torch.autograd.grad(got.square().sum(), x)
+    assert weights is None
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g_got, g_want, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_attention_refuses_calls_it_does_not_implement() -> None:
+    attn = nn.MultiheadAttention(8, 2, batch_first=True)
+    wrapped = LoRAAttention(attn, {})
+    x, y = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
+    with pytest.raises(RuntimeError, match="self-attention only"):
+        wrapped(x, y, y, need_weights=False)
+    with pytest.raises(RuntimeError, match="need_weights=False"):
+        wrapped(x, x, x)  # nn.MultiheadAttention's default need_weights=True
+    with pytest.raises(RuntimeError, match="key_padding_mask"):
+        wrapped(x, x, x, need_weights=False, key_padding_mask=torch.zeros(2, 3, dtype=torch.bool))
+    with pytest.raises(UserError, match="add_bias_kv"):
+        LoRAAttention(nn.MultiheadAttention(8, 2, add_bias_kv=True), {})
 
 
 def test_only_selected_matrices_change() -> None:
@@ -138,7 +173,7 @@ def test_only_selected_matrices_change() -> None:
 def test_merge_equals_explicit_sum_and_keeps_outputs(variant: str) -> None:
     model = tiny_model()
     base_params = sum(p.numel() for p in model.parameters())
-    base_keys = set(model.state_dict())
+    base_keys = list(model.state_dict())
     base_weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     adapter = LoRAAdapter(model, find_sites(model, ALL, MATRIX_KINDS), rank=3, variant=variant)
     randomize(adapter)
@@ -149,8 +184,9 @@ def test_merge_equals_explicit_sum_and_keeps_outputs(variant: str) -> None:
     after = encode(model)
     torch.testing.assert_close(before, after, atol=1e-5, rtol=1e-5)
     assert sum(p.numel() for p in model.parameters()) == base_params
-    assert set(model.state_dict()) == base_keys
-    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    assert list(model.state_dict()) == base_keys  # the same keys, in the same order
+    assert type(model.visual.transformer.resblocks[0].attn) is nn.MultiheadAttention
+    assert type(model.transformer.resblocks[1].mlp.c_proj) is nn.Linear
     names = {id(m): n for n, m in model.named_modules()}
     for item in adapter.attached:
         s = item.site
@@ -245,9 +281,15 @@ def test_gradients_reach_only_the_adapter_through_the_fused_attention() -> None:
 def test_second_adapter_before_merge_is_refused_and_remove_restores_base() -> None:
     model = tiny_model()
     before = encode(model)
+    modules = list(model.modules())
+    early_sites = find_sites(model, ALL, ("fc",))  # found before the first adapter
     adapter = LoRAAdapter(model, find_sites(model, ALL, MATRIX_KINDS), rank=2, variant="lora")
     randomize(adapter)
+    assert not torch.equal(encode(model)[0], before[0])
     with pytest.raises(UserError, match="merge the previous adapter"):
         LoRAAdapter(model, find_sites(model, ALL, ("out",)), rank=2, variant="lora")
+    with pytest.raises(UserError, match="merge the previous adapter"):
+        LoRAAdapter(model, early_sites, rank=2, variant="lora")
     adapter.remove()
+    assert list(model.modules()) == modules  # the very same module objects, in place again
     torch.testing.assert_close(encode(model), before, atol=0, rtol=0)
