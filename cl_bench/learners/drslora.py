@@ -45,7 +45,7 @@ Budget scaling (PROTOCOL.md §5), derived at run time and written to the manifes
   form at the run's own iterations, as is.
 
 Deviations from the reference code:
-- Adapter as weight parametrization: see `cl_bench.learners.lora`.
+- The adapted attention keeps its packed q/k/v projection: see `cl_bench.learners.lora`.
 - Pruned ranks are not physically sliced away before the merge; their w is exactly 0, so
   B · diag(w) · A is the same matrix.
 """

@@ -16,9 +16,10 @@ Toy budgets (PROTOCOL.md §5): the rank scales with the model width,
 r = max(2, round(r_paper · width / 768)), derived at run time and noted in the manifest.
 
 Deviations from the reference code:
-- The adapter is a weight parametrization on the packed ``in_proj_weight`` (q/k/v slices),
-  ``out_proj.weight`` and the MLP weights; the reference replaces MultiheadAttention by an
-  unfused copy. Same function, same parameter count.
+- The adapter is the reference's explicit branch W x + B (w ⊙ (A x))
+  (`cl_bench.models.lora`), but the adapted attention keeps its packed q/k/v projection (one
+  matmul, each branch added to its slice) where the reference makes three unfused copies.
+  Same function, same parameter count; other rounding.
 - none in the text→image term by default: the reference (``models/codyra.py``,
   `train_model`) scores one row per prompt of every class seen so far plus the task's
   (P rows; earlier prompts' rows have all-zero targets) against the batch's images and
