@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
+import sys
 
 import open_clip
 import torch
+from _timing import print_ratio_table, time_in_turn
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -117,6 +117,10 @@ def main() -> None:
         logits = {k: clip_logits(m, images, text) for k, (m, _) in forms.items()}
     gap = float((logits["branch"] - logits["parametrized"]).abs().max())
     scale = float(logits["parametrized"].abs().max())
+    if gap > 1e-4 * max(scale, 1.0):
+        sys.exit(
+            f"adapter_forms: the two forms disagree (max |logit difference| {gap:.2e}); timing them would compare different functions"
+        )
 
     def step(model: nn.Module, opt: torch.optim.Optimizer) -> None:
         loss = contrastive_loss(clip_logits(model, images, text), labels, 0.0, None)
@@ -128,25 +132,14 @@ def main() -> None:
         k: torch.optim.AdamW(p, lr=5e-4, betas=(0.9, 0.9999), weight_decay=0, foreach=True)
         for k, (_, p) in forms.items()
     }
-    times: dict[str, list[float]] = {k: [] for k in forms}
-    for _ in range(args.rounds):
-        for k, (m, _) in forms.items():
-            step(m, optimizers[k])  # warm-up
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                step(m, optimizers[k])
-            times[k].append((time.perf_counter() - t0) / args.steps * 1000)
+    steps = {k: (lambda m=m, o=optimizers[k]: step(m, o)) for k, (m, _) in forms.items()}
+    times = time_in_turn(steps, args.rounds, args.steps, warmup=1)
     print(
         f"{args.model}: batch {args.batch} images + {args.prompts} prompts (context {context}), "
         f"rank {args.rank}, {args.threads} threads, {args.rounds} rounds x {args.steps} steps; "
         f"max |logit difference| between the forms {gap:.2e} (logits up to {scale:.1f})"
     )
-    print("| form | median ms/step | vs parametrized | per round |\n|---|---|---|---|")
-    base = statistics.median(times["parametrized"])
-    for k, values in times.items():
-        med = statistics.median(values)
-        per = ", ".join(f"{v:.1f}" for v in values)
-        print(f"| {k} | {med:.1f} | {med / base:.3f} | {per} |")
+    print_ratio_table(times, "form", "parametrized", digits=3)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import open_clip
 import torch
+from _timing import print_ratio_table, time_in_turn
 from torch import nn
 
 from cl_bench.api.toolkit import clip_logits, contrastive_loss
@@ -99,7 +98,7 @@ def main() -> None:
 
     cut = text_cut_model(backbone, context, args.toy_model)
     variants = {
-        "today (parametrized adapter, foreach AdamW, full context)": (
+        "today (the harness's adapter, foreach AdamW, full context)": (
             make(backbone.model, False),
             tokens,
         ),
@@ -107,25 +106,16 @@ def main() -> None:
         "text cut at the longest EOT": (make(cut, False), tokens[:, :context]),
         "both": (make(cut, True), tokens[:, :context]),
     }
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(args.rounds):
-        for name, ((model, opt), text) in variants.items():
-            for _ in range(3):  # warm-up
-                step(model, opt, text)
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                step(model, opt, text)
-            times[name].append((time.perf_counter() - t0) / args.steps * 1000)
+    steps = {
+        name: (lambda m=model, o=opt, t=text: step(m, o, t))
+        for name, ((model, opt), text) in variants.items()
+    }
+    times = time_in_turn(steps, args.rounds, args.steps, warmup=3)
     print(
         f"{args.dataset}: {len(tokens)} prompts, context {tokens.shape[1]} -> {context}; "
         f"batch {BATCH}, rank {rank}, {args.threads} threads, {args.rounds} rounds x {args.steps} steps"
     )
-    print("| variant | median ms/step | vs today | per round |\n|---|---|---|---|")
-    base = statistics.median(next(iter(times.values())))
-    for name, values in times.items():
-        med = statistics.median(values)
-        rounds = ", ".join(f"{v:.1f}" for v in values)
-        print(f"| {name} | {med:.1f} | {med / base:.2f} | {rounds} |")
+    print_ratio_table(times, "variant", "today", digits=2)
 
 
 if __name__ == "__main__":

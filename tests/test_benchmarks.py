@@ -105,3 +105,18 @@ def test_budget_table_aggregates_seeds_per_model_learner_and_budget():
         last.append(float(summary[summary["dataset"] == "mean"].iloc[0]["last"]))
     assert cells[5] == f"{statistics.mean(last):.1f} ± {statistics.stdev(last):.1f}"
     assert cells[8] == "—"  # lora has no rank selection
+
+
+def test_adapter_forms_checks_both_forms_agree_then_times_them():
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "adapter_forms.py"), "--model", "toy",
+         "--batch", "4", "--prompts", "3", "--rank", "2", "--rounds", "1", "--steps", "1",
+         "--threads", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    gap = float(out.stdout.split("max |logit difference| between the forms ")[1].split()[0])
+    assert gap < 1e-4  # same blocks, same function: only rounding tells the forms apart
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [row.split(" | ")[0] for row in rows] == ["| parametrized", "| branch"]
+    assert rows[0].split(" | ")[2] == "1.000"
