@@ -76,6 +76,13 @@ def _resblocks(model: nn.Module, encoder: str) -> Sequence[nn.Module]:
     return cast(Sequence[nn.Module], tower.resblocks)
 
 
+def _carries_adapter(resblock: Any) -> bool:
+    """Whether an unmerged adapter is attached to this residual block."""
+    return isinstance(resblock.attn, LoRAAttention) or any(
+        isinstance(getattr(resblock.mlp, n, None), LoRALinear) for n in _MLP_NAMES.values()
+    )
+
+
 def find_sites(model: nn.Module, encoders: Sequence[str], kinds: Sequence[str]) -> list[Site]:
     """The weight matrices of `model` to adapt, in (encoder, layer, kind) order."""
     bad_enc = [e for e in encoders if e not in ENCODERS]
@@ -91,9 +98,7 @@ def find_sites(model: nn.Module, encoders: Sequence[str], kinds: Sequence[str]) 
         block: Any
         for layer, block in enumerate(_resblocks(model, encoder)):
             attn = block.attn
-            if isinstance(attn, LoRAAttention) or any(
-                isinstance(getattr(block.mlp, n, None), LoRALinear) for n in _MLP_NAMES.values()
-            ):
+            if _carries_adapter(block):
                 raise UserError(f"{encoder} layer {layer} {_STACKED}")
             if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
                 raise UserError(
@@ -307,9 +312,7 @@ class LoRAAdapter:
         linears: list[tuple[nn.Module, str, LowRankBlock]] = []
         for site in sites:  # blocks made in site order: the initial draws follow it
             resblock: Any = site.resblock
-            if isinstance(resblock.attn, LoRAAttention) or any(
-                isinstance(getattr(resblock.mlp, n, None), LoRALinear) for n in _MLP_NAMES.values()
-            ):
+            if _carries_adapter(resblock):  # sites found before an earlier adapter attached
                 raise UserError(f"{site.encoder} layer {site.layer} {_STACKED}")
             base = getattr(site.module, site.tensor_name)
             block = LowRankBlock(
