@@ -120,3 +120,17 @@ def test_adapter_forms_checks_both_forms_agree_then_times_them():
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ")][1:]
     assert [row.split(" | ")[0] for row in rows] == ["| parametrized", "| branch"]
     assert rows[0].split(" | ")[2] == "1.000"
+
+
+def test_overlapped_eval_times_both_variants_only_after_they_agree():
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "overlapped_eval.py"), "--rounds", "1",
+         "--iterations", "1", "--eval-limit", "4", "--threads", "2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [row.split(" | ")[0] for row in rows] == ["| sequential", "| overlapped"]
+    assert rows[0].split(" | ")[4] == "1.000"
+    # one thread per side against two for both: the counts and the weights must not move
+    assert "identical across all 2 runs" in out.stdout
