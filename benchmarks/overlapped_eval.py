@@ -50,7 +50,7 @@ def _slice(mode: str, threads: int, iterations: int, eval_limit: int | None) -> 
         engine = Engine(cfg)
         seed_everything(cfg.seed)
         parts = engine.prepare()
-        setting, learner = engine.setting, parts.learner
+        learner = parts.learner
         parts.evaluator.cache.enabled = False  # every evaluation in a stream recomputes
         frozen = copy.deepcopy(learner.eval_model())  # what the overlapped evaluation scores
 
@@ -72,13 +72,7 @@ def _slice(mode: str, threads: int, iterations: int, eval_limit: int | None) -> 
 
         def train() -> None:
             t0 = time.perf_counter()
-            name = setting.datasets[0]
-            data = engine.world.load_split(
-                name, "train", setting.shots, setting.split_seed, parts.backbone.image_size
-            )
-            task = engine.make_task(0, parts, data)
-            learner.begin_task(task)
-            training = parts.trainer.begin(learner, task)
+            data, task, training = engine.open_task(0, parts)
             if training is not None:
                 parts.trainer.train(
                     learner, training, data, parts.backbone.normalize, cfg.seed, [],

@@ -69,14 +69,8 @@ def main() -> None:
         engine = Engine(cfg)
         seed_everything(cfg.seed)
         parts = engine.prepare()  # the run's own backbone, test sets, learner, trainer, evaluator
-        s, learner = engine.setting, parts.learner
-        name = s.datasets[0]
-        train = engine.world.load_split(
-            name, "train", s.shots, s.split_seed, parts.backbone.image_size
-        )
-        task = engine.make_task(0, parts, train)
-        learner.begin_task(task)
-        training = parts.trainer.begin(learner, task)
+        learner = parts.learner
+        train, task, training = engine.open_task(0, parts)
         with profile(activities=[ProfilerActivity.CPU]) as prof_train:
             t0 = time.perf_counter()
             if training is not None:

@@ -46,7 +46,7 @@ from cl_bench.engine.recorder import Manifest, Recorder, now_utc, task_record
 from cl_bench.engine.rundir import RESUME_FIXED_KEYS, RunDirectory, default_run_dir, run_id_of
 from cl_bench.engine.settings import resolve_setting
 from cl_bench.engine.trackers import check_trackers, open_trackers
-from cl_bench.engine.trainer import BatchStream, Trainer
+from cl_bench.engine.trainer import BatchStream, TaskTraining, Trainer
 from cl_bench.errors import UserError
 from cl_bench.models.backbone import Backbone
 
@@ -208,13 +208,8 @@ class Engine:
         name = self.setting.datasets[t]
         ctx.current_task = t + 1
         started = time.time()
-        train = self.world.load_split(
-            name, "train", self.setting.shots, self.setting.split_seed, parts.backbone.image_size
-        )
+        train, task, training = self.open_task(t, parts)
         parts.recorder.manifest.splits.setdefault(name, {})["train"] = train.ids_hash
-        task = self.make_task(t, parts, train)
-        learner.begin_task(task)
-        training = parts.trainer.begin(learner, task)
         train_log: list[dict[str, Any]] = []
         if training is not None:
             view = self.augment.view(self.world, name, self.setting.shots, self.setting.split_seed,
@@ -313,6 +308,17 @@ class Engine:
             tokenize=lambda texts: backbone.tokenizer(texts).to(device),
             _reference=reference,
         )
+
+    def open_task(self, t: int, parts: RunParts) -> tuple[ImageSet, Task, TaskTraining | None]:
+        """Task t's training split and Task, after the learner's `begin_task` and the trainer's
+        `begin` (None: the learner trains nothing in it); what a run does before training."""
+        s = self.setting
+        train = self.world.load_split(
+            s.datasets[t], "train", s.shots, s.split_seed, parts.backbone.image_size
+        )
+        task = self.make_task(t, parts, train)
+        parts.learner.begin_task(task)
+        return train, task, parts.trainer.begin(parts.learner, task)
 
     def make_task(self, t: int, parts: RunParts, train: ImageSet) -> Task:
         s = self.setting
