@@ -240,6 +240,9 @@ def main(argv: list[str] | None = None) -> None:
             "image_size": image_size,
             "torch": torch.__version__,
             "results": results,
+            # ru_maxrss only grows and the cells share one process: a cell's figure is the
+            # high-water mark up to its end, not its own (peak_cuda_mb is reset per cell)
+            "peak_rss_mb_is": "process high-water mark after the cell",
             "wall_s": round(time.perf_counter() - started, 1),
         }
         tmp = path.with_suffix(".json.tmp")

@@ -42,6 +42,7 @@ def test_gpu_sh_smoke_writes_every_cell(tmp_path):
     for key in CELL_KEYS - {"peak_cuda_mb"}:
         assert math.isfinite(cell[key]) and cell[key] > 0, key
     assert cell["peak_cuda_mb"] is None  # CPU: no CUDA memory to report
+    assert record["peak_rss_mb_is"] == "process high-water mark after the cell"
     # CPU: no host-device syncs to count (torch's sync debug mode is CUDA's)
     assert cell["train_host_syncs_per_step"] is None
     assert cell["eval_host_syncs_per_dataset"] is None
