@@ -101,6 +101,18 @@ def _slice(mode: str, threads: int, iterations: int, eval_limit: int | None) -> 
     return out
 
 
+def refuse_if_different(runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Exit (status 1) unless every run scored the same counts and trained the same weights:
+    times of two different computations compare nothing."""
+    same = {(json.dumps(r["counts"]), r["weights"]) for rs in runs.values() for r in rs}
+    if len(same) != 1:
+        n = sum(len(rs) for rs in runs.values())
+        sys.exit(
+            f"evaluation counts or trained weights DIFFERENT across the {n} runs: "
+            "the overlap would change results, so its time is not reported"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
@@ -122,12 +134,7 @@ def main() -> None:
                 cmd += ["--eval-limit", str(args.eval_limit)]
             done = subprocess.run(cmd, check=True, capture_output=True, text=True)
             runs[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    same = {(json.dumps(r["counts"]), r["weights"]) for rs in runs.values() for r in rs}
-    if len(same) != 1:  # times of two different computations compare nothing
-        sys.exit(
-            f"evaluation counts or trained weights DIFFERENT across the {2 * args.rounds} runs: "
-            "the overlap would change results, so its time is not reported"
-        )
+    refuse_if_different(runs)
     print(
         f"{args.rounds} rounds, {args.threads} threads ({_split(args.threads)} per side "
         f"when overlapped), {args.iterations} iterations"

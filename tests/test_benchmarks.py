@@ -135,3 +135,21 @@ def test_overlapped_eval_times_both_variants_only_after_they_agree():
     assert rows[0].split(" | ")[4] == "1.000"
     # one thread per side against two for both: the counts and the weights must not move
     assert "identical across all 2 runs" in out.stdout
+
+
+def test_overlapped_eval_reports_no_time_when_the_variants_disagree():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "overlapped_eval", REPO / "benchmarks" / "overlapped_eval.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run = {"counts": [["aircraft", 3, 4]], "weights": "ab", "total_s": 1.0}
+    module.refuse_if_different({"sequential": [run], "overlapped": [dict(run)]})  # agree: returns
+    moved = dict(run, counts=[["aircraft", 2, 4]])
+    with pytest.raises(SystemExit, match="DIFFERENT across the 2 runs"):
+        module.refuse_if_different({"sequential": [run], "overlapped": [moved]})
+    with pytest.raises(SystemExit, match="not reported"):
+        module.refuse_if_different({"sequential": [run], "overlapped": [dict(run, weights="cd")]})
